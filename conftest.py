@@ -1,0 +1,7 @@
+"""pytest runs the course in quick mode: small data, small models, few steps (see README)."""
+
+import os
+
+# Set before any notebook kernel starts, so every kernel inherits them.
+os.environ.setdefault("TINYLLM_QUICK", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests build Hugging Face models from configs, never a hub

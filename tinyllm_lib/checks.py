@@ -116,7 +116,7 @@ def check_value(got: Any, expected: Any, what: str, hint: str = "") -> bool:
     if got is NotImplemented or got is Ellipsis:
         print(f"✗ {what}: not answered yet")
         return False
-    if (diff := difference(got, expected)) is not None:
+    if difference(got, expected) is not None:
         print(f"✗ {what}: got {_short(got)}, expected {_short(expected)}" + (f" ({hint})" if hint else ""))
         return False
     print(f"✓ correct: {what} = {_short(got)}")

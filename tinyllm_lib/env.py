@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import re
 import sys
 
 import torch
@@ -66,10 +67,10 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     """`"2.13.0+cpu"` -> `(2, 13, 0)`: compare releases, ignore local build tags."""
     parts = []
     for piece in version.split("+")[0].split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
+        digits = re.match(r"\d+", piece)  # "0rc1" -> 0: a pre-release counts as its release
+        if digits is None:
             break
-        parts.append(int(digits))
+        parts.append(int(digits.group()))
     return tuple(parts)
 
 

@@ -24,7 +24,10 @@ def run(script: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProces
 def repo(tmp_path: Path) -> Path:
     """A throwaway copy of the parts of the repository the tools read and write."""
     for folder in ("tools", "notebooks", "tinyllm_lib", "solutions", "exercises"):
-        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+        if (ROOT / folder).is_dir():
+            shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (tmp_path / folder).mkdir()
     return tmp_path
 
 

@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""Race our BPE tokenizer against Hugging Face `tokenizers` and `tiktoken` on Tiny Shakespeare.
+
+Prints every figure and every ratio, measured in this one run on this machine:
+  1. training to vocab 10,000, byte and character flavour, against HF's BPE trainer with the
+     matching pre-tokenizer (ByteLevel / Metaspace)               target: ours <= 3x HF's time
+  2. the naive trainer (recount every pair after each merge) against the fast one, to vocab 512
+                                                                   target: fast >= 100x faster
+  3. encoding the whole corpus (a cold cache), beside HF and tiktoken's "gpt2"
+                                                                   target: >= 1 MB/s
+  4. compression (UTF-8 bytes per token) at vocab 2,000 and 10,000, beside HF's
+
+    python bench/bpe.py                  # ~2 minutes, most of it the naive trainer
+    python bench/bpe.py --naive-vocab 300   # a shorter naive run
+
+Exit status 1 if a target is missed. Needs the dev extras (tokenizers, tiktoken).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+from tinyllm_lib import bpe
+from tinyllm_lib.corpus import data_path, load_corpus
+from tinyllm_lib.tokenizer import GPT2_SPLIT, SPECIALS, BPETokenizer
+
+
+def timed(fn, *args, repeat: int = 1):
+    """(best wall time in seconds of `fn(*args)` over `repeat` runs, the last result)."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def hf_train(text: str, vocab_size: int, byte_level: bool):
+    """HF's BPE trainer with the pre-tokenizer of the same flavour, on the same text, line by line."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if byte_level:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        tok = Tokenizer(models.BPE(unk_token="<UNK>"))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+        alphabet = []
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS),
+                                  initial_alphabet=alphabet, show_progress=False)
+    tok.train_from_iterator(text.splitlines(keepends=True), trainer=trainer)
+    return tok
+
+
+def tiktoken_gpt2():
+    """tiktoken's "gpt2" encoding, offline, from the course's copies of GPT-2's two files."""
+    import tiktoken
+
+    cache = tempfile.mkdtemp(prefix="tiktoken_")
+    shutil.copy(data_path("gpt2_vocab.bpe"), os.path.join(cache, "6d1cbeee0f20b3d9449abfede4726ed8212e3aee"))
+    shutil.copy(data_path("gpt2_encoder.json"), os.path.join(cache, "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6"))
+    os.environ["TIKTOKEN_CACHE_DIR"] = cache
+    return tiktoken.get_encoding("gpt2")
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--naive-vocab", type=int, default=512, help="vocab size of the naive-vs-fast race")
+    args = parser.parse_args(argv)
+
+    text = load_corpus("tinyshakespeare")
+    n_bytes = len(text.encode("utf-8"))
+    print(f"Tiny Shakespeare: {len(text):,} characters, {n_bytes:,} bytes; {os.cpu_count()} CPU cores")
+    ok = True
+
+    print("\n1. train to vocab 10,000 (ours: one process; HF: its default threads)")
+    ours, hf = {}, {}
+    for byte_level, hf_name in ((True, "ByteLevel"), (False, "Metaspace")):
+        flavour = "byte" if byte_level else "char"
+        t_ours, ours[flavour] = timed(BPETokenizer(byte_level=byte_level).train, text, 10_000)
+        t_hf, hf[flavour] = timed(hf_train, text, 10_000, byte_level)
+        ratio = t_ours / t_hf
+        ok &= ratio <= 3
+        print(f"   {flavour} flavour: ours {t_ours:6.2f} s | HF BpeTrainer + {hf_name:9} {t_hf:6.2f} s | "
+              f"ours/HF = {ratio:4.2f}x (target <= 3x) {verdict(ratio <= 3)}")
+
+    print(f"\n2. naive vs fast trainer, byte flavour, to vocab {args.naive_vocab} (text -> merges, end to end)")
+    base = [s.encode() for s in SPECIALS] + [bytes([b]) for b in range(256)]
+    n_merges = args.naive_vocab - len(base)
+
+    def naive():
+        words = [tuple(4 + b for b in w.encode("utf-8")) for w in GPT2_SPLIT.findall(text)]
+        return bpe.train_merges_naive(words, base, n_merges)
+
+    t_fast, fast_tok = timed(lambda: BPETokenizer(byte_level=True).train(text, args.naive_vocab), repeat=3)
+    t_naive, naive_merges = timed(naive)
+    same = naive_merges == list(fast_tok.merges)
+    speedup = t_naive / t_fast
+    ok &= same and speedup >= 100
+    print(f"   naive {t_naive:7.2f} s | fast {t_fast:5.3f} s | fast is {speedup:5.0f}x faster "
+          f"(target >= 100x) {verdict(speedup >= 100)} | same {n_merges} merges: {same}")
+
+    print("\n3. encode the whole corpus (cold cache)")
+    gpt2 = tiktoken_gpt2()
+    for flavour in ("byte", "char"):
+        fresh = BPETokenizer.from_dict(ours[flavour].to_dict())  # an empty encode cache
+        t, ids = timed(fresh.encode, text)
+        mbps = n_bytes / t / 1e6
+        ok &= mbps >= 1 and fresh.decode(ids) == text
+        print(f"   {f'ours ({flavour}, 10k)':27} {t:5.2f} s  {mbps:5.2f} MB/s (target >= 1 MB/s) {verdict(mbps >= 1)}"
+              f" | round trip exact: {fresh.decode(ids) == text}")
+    t_hf_enc, _ = timed(lambda: hf["byte"].encode(text))
+    t_tt, _ = timed(lambda: gpt2.encode(text, allowed_special="all"))
+    t_ours_gpt2, ours_gpt2_ids = timed(
+        lambda: BPETokenizer.from_gpt2(data_path("gpt2_encoder.json"), data_path("gpt2_vocab.bpe")).encode(text))
+    same_gpt2 = ours_gpt2_ids == gpt2.encode(text, allowed_special="all")
+    print(f"   {'HF tokenizers (byte, 10k)':27} {t_hf_enc:5.2f} s  {n_bytes / t_hf_enc / 1e6:5.2f} MB/s")
+    print(f"   {'tiktoken gpt2':27} {t_tt:5.2f} s  {n_bytes / t_tt / 1e6:5.2f} MB/s")
+    print(f"   ours, GPT-2 merges (load + encode) {t_ours_gpt2:5.2f} s | identical to tiktoken: {same_gpt2}")
+    ok &= same_gpt2
+    t_ours_byte = timed(lambda: BPETokenizer.from_dict(ours["byte"].to_dict()).encode(text))[0]
+    print(f"   ratios: ours/HF time = {t_ours_byte / t_hf_enc:4.2f}x, ours/tiktoken time = {t_ours_byte / t_tt:4.2f}x")
+
+    print("\n4. compression on the whole corpus: UTF-8 bytes per token (higher = fewer tokens)")
+    for vocab in (2_000, 10_000):
+        row = []
+        for byte_level, flavour in ((True, "byte"), (False, "char")):
+            tok = ours[flavour] if vocab == 10_000 else BPETokenizer(byte_level=byte_level).train(text, vocab)
+            theirs = hf[flavour] if vocab == 10_000 else hf_train(text, vocab, byte_level)
+            b_ours = n_bytes / len(tok.encode(text))
+            b_hf = n_bytes / len(theirs.encode(text).ids)
+            row.append(f"{flavour}: ours {b_ours:4.2f}, HF {b_hf:4.2f} (ours/HF {b_ours / b_hf:4.2f}x)")
+        print(f"   vocab {vocab:6,}  " + " | ".join(row))
+    print(f"   GPT-2 (50,257 tokens, trained on web text): {n_bytes / len(ours_gpt2_ids):4.2f}")
+
+    print("\nall targets met" if ok else "\nsome targets MISSED (see above)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Token data on disk and random windows (tinyllm_lib.data, exported by chapter 04)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tinyllm_lib import data as data_mod
+from tinyllm_lib.data import cached_tokens, get_batch, prepare_data, split_text, token_dtype
+from tinyllm_lib.tokenizer import BPETokenizer
+
+TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return BPETokenizer().train(TEXT, 60)
+
+
+def test_split_text_keeps_order_and_every_character():
+    train, val = split_text("abcdefghij", 0.3)
+    assert (train, val) == ("abcdefg", "hij")
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_text("abc", 1.5)
+
+
+def test_token_dtype_is_the_smallest_that_fits():
+    assert token_dtype(512) == np.uint16
+    assert token_dtype(65536) == np.uint16
+    assert token_dtype(65537) == np.uint32
+
+
+def test_get_batch_targets_are_inputs_shifted_by_one():
+    tokens = np.arange(1000, 1300, dtype=np.uint16)  # value = 1000 + position: windows are easy to read
+    x, y = get_batch(tokens, 5, 16, torch.Generator().manual_seed(3))
+    assert x.shape == y.shape == (5, 16) and x.dtype == y.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    starts = x[:, 0] - 1000
+    for row, start in zip(x, starts.tolist()):
+        assert row.tolist() == list(range(1000 + start, 1000 + start + 16))  # contiguous windows
+    assert (y[:, -1] - 1000 < len(tokens)).all()
+
+
+def test_get_batch_is_reproducible_from_the_generator_state():
+    tokens = np.arange(500, dtype=np.uint16)
+    gen = torch.Generator().manual_seed(0)
+    get_batch(tokens, 2, 8, gen)
+    state = gen.get_state()
+    first = get_batch(tokens, 2, 8, gen)
+    gen.set_state(state)
+    again = get_batch(tokens, 2, 8, gen)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_get_batch_rejects_too_few_tokens():
+    with pytest.raises(ValueError, match="context_length=8"):
+        get_batch(np.arange(8, dtype=np.uint16), 1, 8, torch.Generator())
+
+
+def test_cached_tokens_round_trip_and_memmap(tmp_path, tok):
+    ids = cached_tokens(TEXT, tok, tmp_path / "t.bin")
+    assert isinstance(ids, np.memmap) and ids.dtype == np.uint16
+    assert ids.tolist() == tok.encode(TEXT)
+    meta = json.loads((tmp_path / "t.bin.json").read_text())
+    assert meta["n_tokens"] == len(ids) and meta["n_chars"] == len(TEXT)
+
+
+def test_cached_tokens_reuses_a_fresh_cache(tmp_path, tok, monkeypatch):
+    cached_tokens(TEXT, tok, tmp_path / "t.bin")
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(tok, "encode", no_encoding)
+    assert len(cached_tokens(TEXT, tok, tmp_path / "t.bin")) > 0
+
+
+def test_cached_tokens_rebuilds_when_text_or_tokenizer_change(tmp_path, tok):
+    path = tmp_path / "t.bin"
+    cached_tokens(TEXT, tok, path)
+    other_text = "the question is not to be\n" * 10
+    assert cached_tokens(other_text, tok, path).tolist() == tok.encode(other_text)
+    other_tok = BPETokenizer().train(TEXT, 40)
+    assert cached_tokens(other_text, other_tok, path).tolist() == other_tok.encode(other_text)
+
+
+def test_cached_tokens_rebuilds_a_truncated_file(tmp_path, tok):
+    path = tmp_path / "t.bin"
+    full = cached_tokens(TEXT, tok, path).tolist()
+    path.write_bytes(path.read_bytes()[:10])  # an interrupted copy
+    assert cached_tokens(TEXT, tok, path).tolist() == full
+
+
+def test_prepare_data_trains_the_tokenizer_once(tmp_path, monkeypatch):
+    first = prepare_data(TEXT, 60, tmp_path, name="hamlet")
+    assert first.tokenizer.vocab_size == 60
+    assert first.val_chars == len(split_text(TEXT, 0.1)[1])
+    assert first.val_chars_per_token == pytest.approx(first.val_chars / len(first.val))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached tokenizer should have been loaded")
+
+    monkeypatch.setattr(data_mod.BPETokenizer, "train", no_training)
+    second = prepare_data(TEXT, 60, tmp_path, name="hamlet")
+    assert second.tokenizer.to_dict() == first.tokenizer.to_dict()
+    assert np.array_equal(second.train, first.train) and np.array_equal(second.val, first.val)
+
+
+def test_prepare_data_rejects_empty_text(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        prepare_data("", 60, tmp_path, name="nothing")

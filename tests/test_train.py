@@ -1,0 +1,228 @@
+"""Schedule, optimizer groups, accumulation, checkpoints, exact resume, NaN guard (tinyllm_lib.train)."""
+
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from tinyllm_lib.data import prepare_data
+from tinyllm_lib.model import GPT, GPTConfig
+from tinyllm_lib.train import (
+    CheckpointError,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    bits_per_char,
+    configure_optimizer,
+    get_lr,
+    load_checkpoint,
+    model_from_checkpoint,
+    resolve_dtype,
+    save_checkpoint,
+)
+
+TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+        "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return prepare_data(TEXT, 80, tmp_path_factory.mktemp("cache"), name="citizens")
+
+
+def model_cfg(data, **overrides):
+    base = dict(vocab_size=data.tokenizer.vocab_size, d_model=32, n_layers=2, n_heads=4, d_ff=64,
+                context_length=32, dropout=0.1)
+    return GPTConfig.preset("tiny", **{**base, **overrides})
+
+
+def train_cfg(out_dir, **overrides):
+    base = dict(batch_size=4, max_iters=12, warmup_iters=3, lr=3e-3, min_lr=3e-4, eval_interval=6,
+                eval_iters=2, log_interval=1, dtype="float32", out_dir=str(out_dir))
+    return TrainConfig(**{**base, **overrides})
+
+
+def losses(history):
+    return [r["loss"] for r in history if "loss" in r]
+
+
+# -- schedule ---------------------------------------------------------------------------------------
+
+def test_lr_warmup_is_linear_from_zero():
+    assert get_lr(0, 1e-3, 1e-4, 100, 1000) == 0.0
+    assert get_lr(25, 1e-3, 1e-4, 100, 1000) == pytest.approx(2.5e-4)
+    assert get_lr(99, 1e-3, 1e-4, 100, 1000) == pytest.approx(9.9e-4)
+
+
+def test_lr_cosine_values():
+    assert get_lr(100, 1e-3, 1e-4, 100, 1000) == pytest.approx(1e-3)  # peak right after warmup
+    assert get_lr(550, 1e-3, 1e-4, 100, 1000) == pytest.approx(5.5e-4)  # half-way: mean of max and min
+    quarter = 1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi / 4))
+    assert get_lr(325, 1e-3, 1e-4, 100, 1000) == pytest.approx(quarter)
+    assert get_lr(1000, 1e-3, 1e-4, 100, 1000) == pytest.approx(1e-4)
+    assert get_lr(5000, 1e-3, 1e-4, 100, 1000) == pytest.approx(1e-4)  # flat after max_iters
+    decay = [get_lr(i, 1e-3, 1e-4, 100, 1000) for i in range(100, 1001)]
+    assert all(a >= b for a, b in zip(decay, decay[1:]))
+
+
+def test_lr_without_warmup_and_with_warmup_equal_to_max_iters():
+    assert get_lr(0, 1e-3, 0.0, 0, 10) == pytest.approx(1e-3)
+    assert get_lr(10, 1e-3, 1e-4, 10, 10) == pytest.approx(1e-4)
+
+
+def test_bits_per_char():
+    assert bits_per_char(math.log(2), 1.0) == pytest.approx(1.0)
+    assert bits_per_char(2 * math.log(2), 4.0) == pytest.approx(0.5)
+
+
+# -- optimizer -------------------------------------------------------------------------------------
+
+def test_weight_decay_on_linear_matrices_only(data):
+    model = GPT(model_cfg(data, pos_emb="learned"))
+    decay, no_decay = configure_optimizer(model, 1e-3, 0.1).param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    linear_weights = {id(m.weight) for m in model.modules()
+                      if isinstance(m, nn.Linear) and m.weight is not model.tok_emb.weight}
+    assert {id(p) for p in decay["params"]} == linear_weights
+    no_decay_ids = {id(p) for p in no_decay["params"]}
+    assert id(model.tok_emb.weight) in no_decay_ids and id(model.pos_emb.weight) in no_decay_ids
+    assert all(id(m.weight) in no_decay_ids for m in model.modules() if isinstance(m, nn.LayerNorm))
+    # every parameter exactly once (the tied LM head is the embedding)
+    assert sorted(map(id, decay["params"] + no_decay["params"])) == sorted(map(id, model.parameters()))
+
+
+# -- the training step -----------------------------------------------------------------------------
+
+def test_accumulation_matches_one_big_batch(data, tmp_path):
+    """4 micro-batches of 2 with loss / 4 take the same step as one batch of 8 (same windows)."""
+    cfg = model_cfg(data, dropout=0.0)
+    big = Trainer(cfg, train_cfg(tmp_path / "a", batch_size=8, warmup_iters=0), data, device="cpu")
+    small = Trainer(cfg, train_cfg(tmp_path / "b", batch_size=2, grad_accumulation_steps=4, warmup_iters=0),
+                    data, device="cpu")
+    small.raw_model.load_state_dict(big.raw_model.state_dict())
+    loss_big, norm_big, _ = big.train_step()
+    loss_small, norm_small, _ = small.train_step()
+    assert loss_small.item() == pytest.approx(loss_big.item(), abs=1e-5)
+    assert norm_small.item() == pytest.approx(norm_big.item(), rel=1e-4)
+    for p, q in zip(big.raw_model.parameters(), small.raw_model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+def test_training_lowers_the_loss_and_writes_its_files(data, tmp_path):
+    trainer = Trainer(model_cfg(data), train_cfg(tmp_path, max_iters=30, eval_interval=15), data, device="cpu")
+    history = trainer.fit()
+    evals = [r for r in history if "val_loss" in r]
+    assert [r["step"] for r in evals] == [0, 15, 30]
+    assert evals[-1]["train_loss"] < evals[0]["train_loss"] - 0.5
+    assert {p.name for p in tmp_path.iterdir()} >= {"latest.pt", "best.pt", "metrics.jsonl"}
+    assert load_checkpoint(tmp_path / "latest.pt")["step"] == 30
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == len(history)
+
+
+def test_bfloat16_autocast_trains_on_cpu(data, tmp_path):
+    trainer = Trainer(model_cfg(data), train_cfg(tmp_path, dtype="bfloat16"), data, device="cpu")
+    assert trainer.dtype == torch.bfloat16
+    loss, _, _ = trainer.train_step()
+    assert math.isfinite(loss.item())
+    assert all(p.dtype == torch.float32 for p in trainer.raw_model.parameters())  # master weights stay fp32
+
+
+def test_dtype_choices():
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="float16 needs a CUDA GPU"):
+        resolve_dtype("float16", cpu)
+    with pytest.raises(ValueError, match="--dtype"):
+        resolve_dtype("float8", cpu)
+
+
+@pytest.mark.parametrize("field, value, flag", [("lr", -1.0, "--lr"), ("warmup_iters", 50, "--warmup_iters"),
+                                                ("batch_size", 0, "--batch_size"), ("min_lr", 1.0, "--min_lr"),
+                                                ("dtype", "int8", "--dtype")])
+def test_train_config_names_the_bad_flag(field, value, flag):
+    with pytest.raises(ValueError, match=flag):
+        TrainConfig(**{"max_iters": 10, "warmup_iters": 2, field: value})
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+
+def test_exact_resume(data, tmp_path):
+    """Train 2N steps ≡ train N, stop, resume in a fresh Trainer, train N more: identical losses."""
+    straight = Trainer(model_cfg(data), train_cfg(tmp_path / "straight"), data, device="cpu")
+    straight.fit()
+    Trainer(model_cfg(data), train_cfg(tmp_path / "resumed"), data, device="cpu").fit(until=6)
+    resumed = Trainer(model_cfg(data), train_cfg(tmp_path / "resumed"), data, device="cpu")
+    resumed.load_state_dict(load_checkpoint(tmp_path / "resumed" / "latest.pt"))
+    assert resumed.step == 6
+    resumed.fit()
+    assert len(losses(straight.history)) == 12
+    assert losses(resumed.history) == losses(straight.history)  # bit for bit
+    for p, q in zip(straight.raw_model.parameters(), resumed.raw_model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "latest.pt"
+    save_checkpoint({"step": 1, "w": torch.ones(2)}, path)
+
+    def dies_half_way(obj, f):
+        with open(f, "wb") as out:
+            out.write(b"PK\x03\x04 truncated")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint({"step": 2, "w": torch.zeros(2)}, path)
+    monkeypatch.undo()
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["latest.pt"]  # no temporary file left behind
+
+
+def test_load_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match="garbage.pt: not a readable checkpoint"):
+        load_checkpoint(garbage)
+    partial = tmp_path / "partial.pt"
+    torch.save({"model": {}}, partial)
+    with pytest.raises(CheckpointError, match="partial.pt: not a TinyLLM training checkpoint"):
+        load_checkpoint(partial)
+
+
+def test_checkpoint_refuses_a_different_model_or_tokenizer(data, tmp_path):
+    trainer = Trainer(model_cfg(data), train_cfg(tmp_path), data, device="cpu")
+    state = trainer.state_dict()
+    other = Trainer(model_cfg(data, d_model=64), train_cfg(tmp_path), data, device="cpu")
+    with pytest.raises(CheckpointError, match="d_model=32 in the checkpoint, 64 from the flags"):
+        other.load_state_dict(state, source="run/latest.pt")
+    state["tokenizer"] = {**state["tokenizer"], "merges": state["tokenizer"]["merges"][:-1]}
+    with pytest.raises(CheckpointError, match="tokenizer differs"):
+        trainer.load_state_dict(state, source="run/latest.pt")
+
+
+def test_model_from_checkpoint_gives_the_trained_model(data, tmp_path):
+    trainer = Trainer(model_cfg(data), train_cfg(tmp_path, max_iters=3, eval_interval=3), data, device="cpu")
+    trainer.fit()
+    model, tokenizer = model_from_checkpoint(tmp_path / "latest.pt")
+    idx = torch.tensor([tokenizer.encode("First Citizen")])
+    trainer.raw_model.eval()
+    assert torch.equal(model(idx), trainer.raw_model(idx))
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    trainer = Trainer(model_cfg(data), train_cfg(tmp_path, max_iters=20, log_interval=2), data, device="cpu")
+    trainer.fit(until=6)
+    good = (tmp_path / "latest.pt").read_bytes()
+    with torch.no_grad():
+        trainer.raw_model.tok_emb.weight[0, 0] = float("nan")  # what an overflow would leave behind
+    with pytest.raises(TrainingDiverged, match="Last good checkpoint: .*latest.pt \\(step 6\\)"):
+        trainer.fit()
+    assert trainer.step <= 8  # stopped at the next check, not at the end
+    assert (tmp_path / "latest.pt").read_bytes() == good
+    assert load_checkpoint(tmp_path / "latest.pt")["step"] == 6

@@ -1,0 +1,138 @@
+"""The `python -m tinyllm_lib.train` command line: a smoke run, resume, and every bad-input error."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tinyllm_lib.train import load_checkpoint, main
+
+TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n\n"
+        "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n\n") * 60
+TINY = ["--vocab_size", "90", "--d_model", "32", "--n_layers", "1", "--n_heads", "2", "--d_ff", "64",
+        "--context_length", "32", "--batch_size", "4", "--warmup_iters", "2", "--eval_interval", "3",
+        "--eval_iters", "2", "--log_interval", "1", "--dtype", "float32"]
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    (tmp_path / "play.txt").write_text(TEXT, encoding="utf-8")
+    return tmp_path
+
+
+def args(run_dir, *extra, out="out"):
+    return ["--data", str(run_dir / "play.txt"), "--out_dir", str(run_dir / out),
+            "--cache_dir", str(run_dir / "cache"), *TINY, *extra]
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_smoke_run_then_resume(run_dir, capsys):
+    assert main(args(run_dir, "--max_iters", "6")) == 0
+    out = run_dir / "out"
+    assert {"latest.pt", "best.pt", "metrics.jsonl", "loss.png"} <= {p.name for p in out.iterdir()}
+    state = load_checkpoint(out / "latest.pt")  # weights_only=True
+    assert state["step"] == 6 and state["train_config"]["max_iters"] == 6
+    assert "bits/char" in capsys.readouterr().out
+
+    assert main(args(run_dir, "--max_iters", "9", "--resume")) == 0
+    assert load_checkpoint(out / "latest.pt")["step"] == 9
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in steps if s] == sorted(s for s in steps if s)  # one history, no repeats from step 6 on
+    assert steps.count(6) == 2 and steps.count(7) == 1  # step 6: its log line and its evaluation
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr", "-0.1"], "--lr must be > 0"),
+    (["--max_iters", "5", "--warmup_iters", "50"], "--warmup_iters must be between 0 and --max_iters=5"),
+    (["--grad_accumulation_steps", "0"], "--grad_accumulation_steps must be a positive integer"),
+    (["--d_model", "30", "--n_heads", "4"], "d_model=30 must be divisible by n_heads=4"),
+    (["--dtype", "float16"], "float16 needs a CUDA GPU"),
+])
+def test_bad_flags_are_named(run_dir, capsys, extra, message):
+    assert main(args(run_dir, *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not (run_dir / "out").exists()  # failed before writing anything
+
+
+def test_unknown_config_is_rejected_by_name(run_dir, capsys):
+    with pytest.raises(SystemExit):
+        main(args(run_dir, "--config", "huge"))
+    assert "--config: invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_missing_or_unreadable_data_file(run_dir, capsys):
+    assert main(["--data", str(run_dir / "nope.txt"), "--out_dir", str(run_dir / "out")]) == 2
+    assert f"--data {run_dir / 'nope.txt'}: no such file" in capsys.readouterr().err
+    (run_dir / "binary.txt").write_bytes(b"\xff\xfe\x00 not utf-8 \xc3")
+    assert main(["--data", str(run_dir / "binary.txt"), "--out_dir", str(run_dir / "out")]) == 2
+    assert "binary.txt: cannot read it as UTF-8 text" in capsys.readouterr().err
+
+
+def test_resume_without_a_checkpoint(run_dir, capsys):
+    assert main(args(run_dir, "--resume")) == 2
+    assert f"{run_dir / 'out' / 'latest.pt'}: no checkpoint there" in capsys.readouterr().err
+    assert not (run_dir / "out").exists()
+
+
+def test_resume_refuses_corrupted_or_mismatched_checkpoints_and_overwrites_nothing(run_dir, capsys):
+    assert main(args(run_dir, "--max_iters", "3")) == 0
+    out = run_dir / "out"
+    before = snapshot(out)
+
+    assert main(args(run_dir, "--max_iters", "6", "--resume", "--d_model", "64")) == 2
+    assert "d_model=32 in the checkpoint, 64 from the flags" in capsys.readouterr().err
+    assert main(args(run_dir, "--max_iters", "6", "--resume", "--vocab_size", "80")) == 2
+    assert "model config differs" in capsys.readouterr().err  # another vocabulary: another model shape
+    assert snapshot(out) == before
+
+    (out / "latest.pt").write_bytes(before["latest.pt"][: len(before["latest.pt"]) // 2])  # torn copy
+    torn = snapshot(out)
+    assert main(args(run_dir, "--max_iters", "6", "--resume")) == 2
+    assert "latest.pt: not a readable checkpoint" in capsys.readouterr().err
+    assert snapshot(out) == torn
+
+
+def test_resume_refuses_a_checkpoint_with_another_tokenizer(run_dir, capsys):
+    assert main(args(run_dir, "--max_iters", "3")) == 0
+    latest = run_dir / "out" / "latest.pt"
+    state = torch.load(latest, weights_only=True)
+    state["tokenizer"]["merges"] = state["tokenizer"]["merges"][::-1]  # same size, other merges
+    torch.save(state, latest)
+    before = snapshot(run_dir / "out")
+    assert main(args(run_dir, "--max_iters", "6", "--resume")) == 2
+    assert "tokenizer differs" in capsys.readouterr().err
+    assert snapshot(run_dir / "out") == before
+
+
+def test_python_dash_m_and_console_script(run_dir):
+    done = subprocess.run([sys.executable, "-m", "tinyllm_lib.train", *args(run_dir, "--max_iters", "2")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(run_dir / "out" / "latest.pt")["step"] == 2
+    script = shutil.which("tinyllm-train", path=os.path.dirname(sys.executable))
+    if script is None:
+        pytest.skip("the tinyllm-train console script is not installed (pip install -e .)")
+    helped = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "--grad_accumulation_steps" in helped.stdout
+
+
+def test_two_processes_under_torchrun(run_dir):
+    """DDP on CPU with gloo: two ranks train together, only rank 0 writes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "tinyllm_lib.train", *args(run_dir, "--max_iters", "3", "--device", "cpu")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = load_checkpoint(run_dir / "out" / "latest.pt")
+    assert state["step"] == 3 and len(state["rng"]) == 2  # one random state per rank
+    assert not torch.equal(state["rng"][0]["sampler"], state["rng"][1]["sampler"])  # different batches
+    assert done.stdout.count("done: validation") == 1  # rank 0 reports, rank 1 stays quiet

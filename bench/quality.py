@@ -35,11 +35,10 @@ from tinyllm_lib.train import TrainConfig, Trainer, bits_per_char, plot_metrics
 RECOMMENDED = {
     "model": dict(d_model=128, n_layers=4, n_heads=4, d_ff=512, context_length=128),
     "vocab_size": 512,
-    "train": dict(batch_size=16, lr=2e-3, min_lr=2e-4, warmup_iters=100, dtype="float32", eval_iters=20),
+    "train": dict(batch_size=16, lr=2e-3, min_lr=2e-4, warmup_iters=100, dtype="float32", eval_iters=10),
 }
 TARGET_BPC = 2.5
 PROBE_STEPS = 20
-EVAL_SHARE = 0.08  # of the budget, kept for the ten evaluations and the final full validation
 
 
 @torch.no_grad()
@@ -79,14 +78,18 @@ def main() -> None:
     for _ in range(PROBE_STEPS):
         trainer.train_step()
     step_time = (time.perf_counter() - start) / PROBE_STEPS
-    budget_steps = int((deadline - time.perf_counter()) * (1 - EVAL_SHARE) / step_time) + PROBE_STEPS
-    max_iters = max(budget_steps, PROBE_STEPS + 10)
-    trainer.cfg = dataclasses.replace(trainer.cfg, max_iters=max_iters, eval_interval=max(1, max_iters // 10),
+    t0 = time.perf_counter()
+    trainer.evaluate()
+    eval_time = time.perf_counter() - t0
+    # Keep time for ten evaluations and the final pass over the validation split (about three more).
+    left = deadline - time.perf_counter() - 13 * eval_time
+    max_iters = max(10, (PROBE_STEPS + int(left / step_time)) // 10 * 10)  # a multiple of the 10 evaluations
+    trainer.cfg = dataclasses.replace(trainer.cfg, max_iters=max_iters, eval_interval=max_iters // 10,
                                       warmup_iters=min(cfg.warmup_iters, max_iters // 10))
-    print(f"{step_time * 1000:.0f} ms/step over the first {PROBE_STEPS} steps -> max_iters = {max_iters}")
+    print(f"{step_time * 1000:.0f} ms/step and {eval_time:.1f} s/evaluation measured -> max_iters = {max_iters}")
 
     for k in range(1, 11):  # ten chunks, each ending with an evaluation and a checkpoint
-        trainer.fit(until=round(k * max_iters / 10))
+        trainer.fit(until=k * max_iters // 10)
         if time.perf_counter() > deadline and k < 10:
             print(f"time budget used up after step {trainer.step} of {max_iters}: stopping early")
             break

@@ -6,6 +6,8 @@ import matplotlib
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tinyllm_lib.attention import (
     MultiHeadAttention,
@@ -71,6 +73,17 @@ def test_sdpa_equivalence_fp32(causal):
     ours, _ = scaled_dot_product_attention(q, k, v, causal=causal)
     fused = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     torch.testing.assert_close(ours, fused, atol=1e-6, rtol=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 3), n_heads=st.integers(1, 4), T=st.integers(1, 40), head_dim=st.integers(1, 24),
+       causal=st.booleans(), seed=st.integers(0, 2**16))
+def test_sdpa_equivalence_any_shape(B, n_heads, T, head_dim, causal, seed):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = torch.randn(3, B, n_heads, T, head_dim, generator=g).unbind(0)
+    ours, weights = scaled_dot_product_attention(q, k, v, causal=causal)
+    torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v, is_causal=causal), atol=1e-6, rtol=0)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(B, n_heads, T))
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -65,7 +65,8 @@ def measured_activation_bytes(model: GPT, idx: torch.Tensor, dtype: torch.dtype 
     def pack(t: torch.Tensor):
         ptr = t.untyped_storage().data_ptr()
         # autocast's bf16 copy of a weight matrix (saved as is or transposed) is a weight, not an activation
-        weight_cast = t.dim() == 2 and (t.shape in shapes or t.shape[::-1] in shapes)
+        cast = type(t.grad_fn).__name__ in ("ToCopyBackward0", "TBackward0")
+        weight_cast = cast and t.dim() == 2 and (t.shape in shapes or t.shape[::-1] in shapes)
         if ptr not in params and not weight_cast:
             storages[ptr] = t.untyped_storage().nbytes()
         return t

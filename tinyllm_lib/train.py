@@ -265,7 +265,7 @@ class Trainer:
     """Model, optimizer, data sampler and random state; `fit()` trains, evaluates, logs, checkpoints.
 
     >>> trainer = Trainer(GPTConfig.preset("tiny", vocab_size=data.tokenizer.vocab_size), TrainConfig(), data)
-    >>> trainer.fit()            # writes checkpoints/latest.pt, best.pt, metrics.jsonl, loss.png
+    >>> history = trainer.fit()  # writes checkpoints/latest.pt, best.pt and metrics.jsonl
     """
 
     def __init__(self, model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData,
@@ -287,7 +287,8 @@ class Trainer:
         self.optimizer = configure_optimizer(self.raw_model, cfg.lr, cfg.weight_decay,
                                              (cfg.beta1, cfg.beta2), self.device.type)
         # fp16 only: its 5 exponent bits underflow small gradients, so the loss is scaled up first.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler("cuda" if self.device.type == "cuda" else "cpu",
+                                           enabled=self.dtype == torch.float16)
         self.model = torch.compile(self.raw_model) if cfg.compile else self.raw_model
         self.eval_model = self.model  # evaluation skips DDP's gradient hooks
         if self.dist.world_size > 1:
@@ -499,6 +500,18 @@ def plot_metrics(history: list[dict], ax=None, title: str | None = None):
 
 
 MODEL_FLAGS = ("vocab_size", "context_length", "d_model", "n_layers", "n_heads", "d_ff", "dropout")
+FLAG_HELP = {
+    "vocab_size": "tokenizer size to train, and so the model's vocabulary", "context_length": "tokens per window",
+    "d_model": "model width", "n_layers": "transformer blocks", "n_heads": "attention heads",
+    "d_ff": "feed-forward hidden size", "dropout": "dropout probability", "batch_size": "windows per micro-batch",
+    "max_iters": "optimizer steps", "lr": "peak learning rate", "min_lr": "learning rate at the end of the cosine",
+    "warmup_iters": "linear warmup steps", "weight_decay": "AdamW weight decay (matrices only)",
+    "beta1": "AdamW beta1", "beta2": "AdamW beta2", "grad_clip": "max global gradient norm, 0 = off",
+    "grad_accumulation_steps": "micro-batches per optimizer step",
+    "eval_interval": "evaluate and checkpoint every N steps", "eval_iters": "batches per evaluation",
+    "log_interval": "log every N steps", "dtype": "auto | float32 | bfloat16 | float16 (chapter 05)",
+    "seed": "random seed", "compile": "torch.compile the model",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -513,15 +526,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use_learned_pos_emb", action="store_true", help="learned positions instead of the preset's")
     for name in MODEL_FLAGS:  # default None: keep the preset's value
         p.add_argument(f"--{name}", type=float if name == "dropout" else int, default=None,
-                       help=f"model {name} (default: the preset's; vocab_size is the tokenizer's target size)")
+                       help=f"{FLAG_HELP[name]} (default: the preset's)")
     defaults = TrainConfig()
     for name, value in asdict(defaults).items():
         if name == "out_dir":
             continue
         if isinstance(value, bool):
-            p.add_argument(f"--{name}", action="store_true")
+            p.add_argument(f"--{name}", action="store_true", help=FLAG_HELP[name])
         else:
-            p.add_argument(f"--{name}", type=type(value), default=value)
+            p.add_argument(f"--{name}", type=type(value), default=value, help=f"{FLAG_HELP[name]} (default: %(default)s)")
     return p
 
 
@@ -572,6 +585,8 @@ def run(args: argparse.Namespace) -> dict:
     trainer = Trainer(model_cfg, cfg, data, device, info)
     if state is not None:
         trainer.load_state_dict(state, source=str(latest))
+        if info.master:
+            print(f"resuming from {latest} at step {trainer.step}")
     if info.master:
         print(f"{name}: {len(data.train):,} training / {len(data.val):,} validation tokens "
               f"({data.val_chars_per_token:.2f} chars/token); model {trainer.raw_model.num_params():,} parameters "

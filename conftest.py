@@ -5,3 +5,6 @@ import os
 # Set before any notebook kernel starts, so every kernel inherits them.
 os.environ.setdefault("TINYLLM_QUICK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests build Hugging Face models from configs, never a hub
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # One worker per core: several multi-threaded torch processes on the same cores thrash each other.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -1,4 +1,4 @@
-"""Schedule, optimizer groups, accumulation, checkpoints, exact resume, NaN guard (tinyllm_lib.train)."""
+"""Schedule, optimizer groups, accumulation, checkpoints, exact resume, NaN guard (tinyllm_lib.train, .checkpoint)."""
 
 import math
 import os
@@ -7,20 +7,17 @@ import pytest
 import torch
 from torch import nn
 
+from tinyllm_lib.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from tinyllm_lib.data import prepare_data
 from tinyllm_lib.model import GPT, GPTConfig
 from tinyllm_lib.train import (
-    CheckpointError,
     TrainConfig,
     Trainer,
     TrainingDiverged,
     bits_per_char,
     configure_optimizer,
     get_lr,
-    load_checkpoint,
-    model_from_checkpoint,
     resolve_dtype,
-    save_checkpoint,
 )
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"

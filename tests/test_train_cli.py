@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from tinyllm_lib.train import load_checkpoint, main
+from tinyllm_lib.checkpoint import load_checkpoint
+from tinyllm_lib.train import main
 
 TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n\n"
         "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n\n") * 60

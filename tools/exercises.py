@@ -30,6 +30,8 @@ import re
 import sys
 from pathlib import Path
 
+from nbclean import dumps  # tools/ is on sys.path when this script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = ROOT / "solutions"
 EXERCISES = ROOT / "exercises"
@@ -89,11 +91,6 @@ def make_exercise(solution: dict, name: str) -> dict:
             if RAISES_TAG not in tags:
                 tags.append(RAISES_TAG)
     return nb
-
-
-def dumps(nb: dict) -> str:
-    """The byte layout Jupyter itself writes (indent 1, sorted keys, non-ASCII kept)."""
-    return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def generate() -> dict[Path, str]:

@@ -40,6 +40,7 @@ def clean(nb: dict) -> dict:
 
 
 def dumps(nb: dict) -> str:
+    """The byte layout Jupyter itself writes (indent 1, sorted keys, non-ASCII kept)."""
     return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 

@@ -28,6 +28,7 @@ def test_learner_exception_is_reported_in_words(capsys):
     assert not check(lambda x: 1 / x, reference=lambda x: x, cases=[(0,)], name="inverse")
     out = capsys.readouterr().out
     assert "inverse raised ZeroDivisionError" in out and "input: (0,)" in out
+    assert "1 / x" in out  # the failing source line, not a caret marker
 
 
 def test_tensor_differences_name_shape_and_position():
@@ -44,3 +45,13 @@ def test_check_value(capsys):
     assert not check_value(3, 4, "heads", hint="d_model / d_head")
     out = capsys.readouterr().out
     assert "✓ correct: shape" in out and "✗ heads: got 3, expected 4 (d_model / d_head)" in out
+
+
+def test_check_value_never_raises_on_mismatched_types(capsys):
+    assert not check_value(torch.tensor([1.0, 2.0]), 3.0, "total")
+    assert "✗ total" in capsys.readouterr().out
+
+
+def test_singular_input_count(capsys):
+    check(abs, reference=abs, cases=[(-2,)])
+    assert "on 1 input\n" in capsys.readouterr().out

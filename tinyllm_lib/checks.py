@@ -73,7 +73,11 @@ def difference(got: Any, expected: Any, atol: float = 1e-5, rtol: float = 1e-4) 
             if (d := difference(got[k], expected[k], atol, rtol)) is not None:
                 return f"key {k!r}: {d}"
         return None
-    return None if got == expected else f"{_short(got, 80)} != {_short(expected, 80)}"
+    try:
+        equal = bool(got == expected)
+    except Exception:  # e.g. a tensor compared with a number: ambiguous, so not equal
+        equal = False
+    return None if equal else f"{_short(got, 80)} != {_short(expected, 80)}"
 
 
 def check(
@@ -97,7 +101,8 @@ def check(
         except Exception as exc:  # the learner's bug: show it in words, not as a red traceback
             print(f"✗ {name} raised {type(exc).__name__}: {exc}")
             print(f"  input: {_short(case)}")
-            print("  " + traceback.format_exc(limit=-1).strip().splitlines()[-2].strip())
+            frame = traceback.extract_tb(exc.__traceback__)[-1]  # where it failed, in the learner's code or below
+            print(f"  at line {frame.lineno} of {frame.name}: {frame.line}")
             return False
         if (diff := difference(got, expected, atol, rtol)) is not None:
             print(f"✗ {name} differs from the reference")
@@ -107,7 +112,7 @@ def check(
             if not diff.startswith(_short(got, 80)):
                 print(f"  ({diff})")
             return False
-    print(f"✓ correct: {name} matches the reference on {len(cases)} inputs")
+    print(f"✓ correct: {name} matches the reference on {len(cases)} input{'s' if len(cases) != 1 else ''}")
     return True
 
 

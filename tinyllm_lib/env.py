@@ -3,10 +3,12 @@
 
 """Environment check, device choice and the quick-mode switch, read by every chapter.
 
-    >>> quick(2000, 20)            # 2000 normally, 20 when TINYLLM_QUICK=1
+    >>> quick(2000, 20)            # 2000 normally, 20 when TINYLLM_QUICK=1  # doctest: +SKIP
     2000
-    >>> pick_device()              # on a laptop without a GPU
+    >>> pick_device()              # on a laptop without a GPU  # doctest: +SKIP
     device(type='cpu')
+    >>> _version_tuple("2.13.0+cpu") >= _version_tuple("2.4")   # the check compares releases
+    True
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def pick_device(prefer: str | None = None) -> torch.device:
 def bf16_supported(device: torch.device) -> bool:
     """Can this device run bfloat16 autocast? (Correct is not the same as fast: see chapter 05.)"""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        # Native bf16 only (Ampere and newer): older GPUs emulate it slowly, and fp16 serves them better.
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "mps":
         try:
             torch.zeros(1, dtype=torch.bfloat16, device=device)
@@ -54,7 +57,7 @@ def bf16_supported(device: torch.device) -> bool:
 
 # (package, minimum version, why the course needs it)
 REQUIREMENTS = [
-    ("torch", "2.2", "tensors, autograd, the model"),
+    ("torch", "2.4", "tensors, autograd, fused AdamW on the CPU"),
     ("numpy", "1.24", "token arrays on disk"),
     ("matplotlib", "3.7", "every plot in the course"),
     ("tqdm", "4.66", "progress bars"),

@@ -2,7 +2,7 @@
 """Normalise committed notebooks: one metadata layout, no widget state, no execution timestamps.
 
 Usage:
-    python tools/nbclean.py                 # clean notebooks/ and solutions/ in place
+    python tools/nbclean.py                 # clean notebooks/, solutions/ and exercises/ in place
     python tools/nbclean.py --check         # exit 1 naming each notebook that is not clean
     python tools/nbclean.py path.ipynb ...  # clean just these
 

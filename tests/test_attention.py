@@ -75,7 +75,7 @@ def test_sdpa_equivalence_fp32(causal):
     torch.testing.assert_close(ours, fused, atol=1e-6, rtol=0)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)  # the same examples on every run
 @given(B=st.integers(1, 3), n_heads=st.integers(1, 4), T=st.integers(1, 40), head_dim=st.integers(1, 24),
        causal=st.booleans(), seed=st.integers(0, 2**16))
 def test_sdpa_equivalence_any_shape(B, n_heads, T, head_dim, causal, seed):

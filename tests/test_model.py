@@ -61,11 +61,19 @@ def test_bad_config_names_field_and_allowed_values(bad, message):
 def test_learned_alias_and_asdict_round_trip():
     cfg = GPTConfig(use_learned_pos_emb=True)
     assert cfg.pos_emb == "learned"
+    assert "use_learned_pos_emb" not in dataclasses.asdict(cfg)  # a constructor argument, not a field
     assert GPTConfig(**dataclasses.asdict(cfg)) == cfg
-    assert GPTConfig(pos_emb="learned").use_learned_pos_emb is True
+    assert GPTConfig.preset("tiny", use_learned_pos_emb=True).pos_emb == "learned"  # the training CLI's way
     for pos in ("sinusoidal", "rope"):
         c = GPTConfig(pos_emb=pos)
         assert GPTConfig(**dataclasses.asdict(c)) == c
+
+
+@pytest.mark.parametrize("pos", ["sinusoidal", "rope"])
+def test_alias_does_not_stick_when_changing_pos_emb(pos):
+    cfg = GPTConfig(use_learned_pos_emb=True)
+    assert dataclasses.replace(cfg, pos_emb=pos).pos_emb == pos
+    assert GPTConfig(**{**dataclasses.asdict(cfg), "pos_emb": pos}).pos_emb == pos
 
 
 # ---- pieces -------------------------------------------------------------------------------------------
@@ -190,6 +198,27 @@ def test_lm_loss_ignores_padding():
     expected = F.cross_entropy(logits[keep], targets[keep])
     torch.testing.assert_close(lm_loss(logits, targets, ignore_index=0), expected)
     torch.testing.assert_close(lm_loss(logits, targets), F.cross_entropy(logits.view(-1, 7), targets.view(-1)))
+
+
+def test_attention_maps_ignore_dropout_and_restore_training_mode():
+    torch.manual_seed(0)
+    model = GPT(small_config(dropout=0.5)).train()
+    maps = model.attention_maps(torch.randint(0, 50, (2, 10)))
+    for weights in maps:
+        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+    assert model.training and all(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize("flash", [True, False])
+@pytest.mark.parametrize("pos", ["sinusoidal", "learned", "rope"])
+def test_forward_under_bfloat16_autocast(pos, flash):
+    torch.manual_seed(0)
+    model = GPT(small_config(pos_emb=pos, flash=flash))
+    idx = torch.randint(0, 50, (2, 12))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(idx)
+    assert logits.shape == (2, 12, 50)
+    assert torch.isfinite(logits).all()
 
 
 def test_attention_maps_work_with_flash_and_restore_it():

@@ -43,7 +43,7 @@ def scaled_dot_product_attention(
     q, k, v: (..., T, d_k), e.g. (B, n_heads, T, head_dim). weights: (..., T, T), each row sums to 1.
     """
     d_k = q.size(-1)
-    # Dividing by √d_k keeps the scores' spread near 1 whatever the head size (see the plot above).
+    # Dividing by √d_k keeps the scores' spread near 1 whatever the head size (chapter 02, section 2).
     scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (..., T, T)
     if causal:
         # -inf, not a large negative number: exp(-inf) is exactly 0, so the future gets no weight at all.

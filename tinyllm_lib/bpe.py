@@ -82,6 +82,9 @@ def train_merges_naive(words: list[tuple[int, ...]], tokens: Sequence, num_merge
     return merges
 
 
+_NEVER = float("inf")  # the "rank" of a pair that was never merged
+
+
 def apply_merges(ids: list[int], merges: dict[tuple[int, int], int]) -> list[int]:
     """Encode one word: merge the pair learned earliest (smallest new id) until none applies.
 
@@ -95,9 +98,6 @@ def apply_merges(ids: list[int], merges: dict[tuple[int, int], int]) -> list[int
             break
         ids = list(merge(ids, pair, new))
     return ids
-
-
-_NEVER = float("inf")  # the "rank" of a pair that was never merged
 
 
 def _desc(token: str | bytes) -> tuple[int, ...]:

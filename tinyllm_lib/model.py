@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ class FeedForward(nn.Module):
     def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", bias: bool = True, dropout: float = 0.0):
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation={activation!r} is not one of {', '.join(ACTIVATIONS)}")
+            raise ValueError(f"activation={activation!r} is not one of {', '.join(map(repr, ACTIVATIONS))}")
         self.activation = activation
         hidden = 2 * d_ff // 3 if activation == "swiglu" else d_ff  # 3 matrices instead of 2: same budget
         self.up = nn.Linear(d_model, hidden, bias=bias)
@@ -121,9 +121,11 @@ class GPTConfig:
     bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
     tie_weights: bool = True  # the LM head reuses the token embedding matrix
     flash: bool = True  # F.scaled_dot_product_attention instead of the from-scratch attention
-    use_learned_pos_emb: bool = False  # command-line alias for pos_emb="learned"
+    # Constructor-only alias for pos_emb="learned" (the training CLI's flag). An InitVar, not a field:
+    # asdict() leaves it out, so dataclasses.replace(cfg, pos_emb=...) is never overruled by it.
+    use_learned_pos_emb: InitVar[bool] = False
 
-    def __post_init__(self):
+    def __post_init__(self, use_learned_pos_emb: bool = False):
         for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads", "d_ff"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -140,11 +142,10 @@ class GPTConfig:
                 f"GPTConfig: d_model={self.d_model} must be divisible by n_heads={self.n_heads} "
                 "(head size = d_model / n_heads)"
             )
-        if self.use_learned_pos_emb:
+        if use_learned_pos_emb:
             if self.pos_emb == "rope":
                 raise ValueError('GPTConfig: use_learned_pos_emb=True contradicts pos_emb="rope"; set only one')
             self.pos_emb = "learned"
-        self.use_learned_pos_emb = self.pos_emb == "learned"  # keep the alias consistent for asdict()
         if self.pos_emb == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"GPTConfig: pos_emb='sinusoidal' needs an even d_model, got d_model={self.d_model}")
         if self.pos_emb == "rope" and self.head_dim % 2:
@@ -268,12 +269,14 @@ class GPT(nn.Module):
     def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """Attention weights of every layer: a list of n_layers tensors (B, n_heads, T, T).
 
-        Runs the from-scratch attention whatever `config.flash` says: the fused kernel never has the
-        weights. Plot one with `tinyllm_lib.attention.plot_attention(maps[layer][0], token_strings)`.
+        Runs the from-scratch attention whatever `config.flash` says (the fused kernel never has the
+        weights), and in eval mode, without dropout, whatever mode the model is in. Plot one with
+        `tinyllm_lib.attention.plot_attention(maps[layer][0], token_strings)`.
         """
         attns = [block.attn for block in self.blocks]
-        flash = [a.flash for a in attns]
+        flash, training = [a.flash for a in attns], self.training
         try:
+            self.eval()  # no dropout: each row of a map is a softmax and sums to 1
             for a in attns:
                 a.flash = False
             x, maps = self._embed(idx), []
@@ -281,6 +284,7 @@ class GPT(nn.Module):
                 x, weights = block(x, self.rotary, need_weights=True)
                 maps.append(weights)
         finally:
+            self.train(training)
             for a, f in zip(attns, flash):
                 a.flash = f
         return maps
@@ -289,7 +293,8 @@ class GPT(nn.Module):
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean cross-entropy over the positions whose target != ignore_index.
 
-    logits (B, T, V), targets (B, T). To skip padding, pass `ignore_index=tok.pad_id`.
+    logits (B, T, V), targets (B, T). To skip padding, pass `ignore_index=tok.pad_id`. ignore_index must
+    never be the EOS id: the model would never learn to end a text (GPT-2's tokenizer has no pad id).
 
     >>> logits = torch.zeros(1, 3, 4)                    # uniform over 4 tokens
     >>> lm_loss(logits, torch.tensor([[1, 2, 0]]), ignore_index=0)   # ln 4, over 2 positions

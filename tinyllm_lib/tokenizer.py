@@ -19,8 +19,11 @@ gives GPT-2's byte-level flavour; `BPETokenizer.from_gpt2(encoder.json, vocab.bp
 from __future__ import annotations
 
 import json
+import operator
+import os
 import re
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import regex
@@ -84,8 +87,9 @@ class BPETokenizer:
         """The untrained vocabulary: the four specials, then the bytes (or just `▁`)."""
         specials = [s.encode() for s in SPECIALS] if self.byte_level else list(SPECIALS)
         base = [bytes([b]) for b in range(256)] if self.byte_level else [SPACE]
-        self._set_state(specials + base, {s: i for i, s in enumerate(SPECIALS)}, [], 4 + len(base),
-                        dict(zip(ROLES, range(4))))
+        n = len(SPECIALS)
+        self._set_state(specials + base, {s: i for i, s in enumerate(SPECIALS)}, [], n + len(base),
+                        dict(zip(ROLES, range(n))))
 
     def _set_state(self, tokens: list, specials: dict[str, int], merges: list[tuple[int, int]],
                    first_merge_id: int, roles: dict[str, int | None]) -> None:
@@ -154,9 +158,10 @@ class BPETokenizer:
         if not self.byte_level:  # the alphabet: every character of the text, in code-point order
             tokens = list(SPECIALS) + sorted({c for w in counts for c in w} | {SPACE})
         if vocab_size < len(tokens):
-            what = "256 byte values" if self.byte_level else f"{len(tokens) - 4} distinct characters in the text"
+            n = len(SPECIALS)
+            what = "256 byte values" if self.byte_level else f"{len(tokens) - n} distinct characters in the text"
             raise ValueError(f"vocab_size={vocab_size} is too small: the minimum is {len(tokens)} "
-                             f"(4 special tokens + {what})")
+                             f"({n} special tokens + {what})")
         first, specials, roles = len(tokens), dict(self.specials), dict(self.roles)
         self._set_state(tokens, specials, [], first, roles)
         words = {tuple(self._symbols(w)): f for w, f in counts.items()}
@@ -194,12 +199,21 @@ class BPETokenizer:
             raise ValueError(f"this tokenizer has no {role.upper()} token")
         return self.roles[role]
 
-    def decode(self, ids: list[int]) -> str:
-        """Token ids -> text. Special tokens come back as their literal text ("<EOS>")."""
-        n = len(self.tokens)
+    def decode(self, ids: Iterable[int]) -> str:
+        """Token ids -> text. Special tokens come back as their literal text ("<EOS>").
+
+        `ids` may be a list, a 1-D NumPy array or tensor: any integer type works (`operator.index`).
+        """
+        n, checked = len(self.tokens), []
         for i in ids:
-            if not (isinstance(i, int) and 0 <= i < n):
+            try:
+                i = operator.index(i)  # int, NumPy or torch integer scalar; not a float or a string
+            except TypeError:
+                raise TypeError(f"token ids must be integers, got {i!r} ({type(i).__name__})") from None
+            if not 0 <= i < n:
                 raise ValueError(f"token id {i!r} is not in this vocabulary (ids 0..{n - 1})")
+            checked.append(i)
+        ids = checked
         if self.byte_level:  # a piece may end inside a multi-byte character: join the bytes first
             return b"".join(self.tokens[i] for i in ids).decode("utf-8", errors="replace")
         out, prefix = [], True
@@ -277,6 +291,8 @@ class BPETokenizer:
         for r, i in roles.items():
             if i is not None and i not in specials.values():
                 raise ValueError(f"roles[{r!r}] = {i!r}: not the id of a special token")
+        if not byte_level and roles["unk"] is None:  # encode turns an unseen character into this id
+            raise ValueError("roles['unk'] is null: the character flavour needs an <UNK> id for unseen characters")
         if not (isinstance(first, int) and 0 <= first <= n):
             raise ValueError(f"field 'first_merge_id' must be an id between 0 and {n}, got {first!r}")
         if not isinstance(merges, list):
@@ -306,8 +322,19 @@ class BPETokenizer:
         return tok
 
     def save(self, path: str | Path) -> None:
-        """Write the readable JSON file (`load` reads it back)."""
-        Path(path).write_text(_dump(self.to_dict()), encoding="utf-8")
+        """Write the readable JSON file (`load` reads it back).
+
+        Atomic: the text goes to a temporary file in the same folder, which then replaces `path`, so
+        an interrupted save never leaves a half-written tokenizer behind.
+        """
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: os.replace is atomic
+        try:
+            tmp.write_text(_dump(self.to_dict()), encoding="utf-8")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: str | Path) -> BPETokenizer:
@@ -333,8 +360,12 @@ class BPETokenizer:
         if not isinstance(encoder, dict) or sorted(encoder.values()) != list(range(len(encoder))):
             raise ValueError(f"{enc_path}: not GPT-2's encoder.json: expected token -> ids 0..n-1, each once")
         vocab = sorted(encoder, key=encoder.get)
+        try:
+            lines = bpe_path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{bpe_path}: not GPT-2's vocab.bpe: not valid UTF-8 ({exc})") from None
         merges = []
-        for number, line in enumerate(bpe_path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(lines, start=1):
             if (number == 1 and line.startswith("#version")) or not line:
                 continue
             parts = line.split(" ")
@@ -349,7 +380,9 @@ class BPETokenizer:
             return cls.from_dict({
                 "format": FORMAT, "version": VERSION, "byte_level": True,
                 "specials": {eot: eot_id} if eot_id is not None else {},
-                "roles": {"pad": eot_id, "unk": None, "bos": eot_id, "eos": eot_id},  # GPT-2's convention
+                # GPT-2 starts and ends texts with <|endoftext|> and has no padding token: a pad id
+                # equal to EOS would make `lm_loss(..., ignore_index=tok.pad_id)` drop every EOS target.
+                "roles": {"pad": None, "unk": None, "bos": eot_id, "eos": eot_id},
                 "first_merge_id": first, "merges": merges, "vocab": vocab,
             })
         except ValueError as exc:

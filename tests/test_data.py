@@ -42,6 +42,15 @@ def test_get_batch_targets_are_inputs_shifted_by_one():
     assert (y[:, -1] - 1000 < len(tokens)).all()
 
 
+def test_get_batch_reaches_the_last_window_and_never_runs_past_the_end():
+    tokens = np.arange(12, dtype=np.uint16)  # value = position; T = 4: starts 0 .. N - T - 1 = 7
+    x, y = get_batch(tokens, 2000, 4, torch.Generator().manual_seed(0))
+    starts = set(x[:, 0].tolist())
+    assert starts == set(range(12 - 4))  # every start drawn, the last one (7) included
+    assert y.max().item() == 11 and x.max().item() == 10  # the last window ends on the last token
+    assert (y[:, -1] < len(tokens)).all() and torch.equal(y[:, -1], x[:, 0] + 4)
+
+
 def test_get_batch_is_reproducible_from_the_generator_state():
     tokens = np.arange(500, dtype=np.uint16)
     gen = torch.Generator().manual_seed(0)
@@ -56,6 +65,8 @@ def test_get_batch_is_reproducible_from_the_generator_state():
 def test_get_batch_rejects_too_few_tokens():
     with pytest.raises(ValueError, match="context_length=8"):
         get_batch(np.arange(8, dtype=np.uint16), 1, 8, torch.Generator())
+    with pytest.raises(ValueError, match="the validation split has 8 tokens"):
+        get_batch(np.arange(8, dtype=np.uint16), 1, 8, torch.Generator(), split="the validation split")
 
 
 def test_cached_tokens_round_trip_and_memmap(tmp_path, tok):
@@ -110,3 +121,29 @@ def test_prepare_data_trains_the_tokenizer_once(tmp_path, monkeypatch):
 def test_prepare_data_rejects_empty_text(tmp_path):
     with pytest.raises(ValueError, match="empty"):
         prepare_data("", 60, tmp_path, name="nothing")
+
+
+def test_the_cache_key_includes_the_split(tmp_path):
+    a = prepare_data(TEXT, 60, tmp_path, name="hamlet", val_fraction=0.1)
+    b = prepare_data(TEXT, 60, tmp_path, name="hamlet", val_fraction=0.5)
+    assert b.val_chars == len(split_text(TEXT, 0.5)[1]) and len(b.val) > len(a.val)
+    assert len(list(tmp_path.glob("hamlet-*-bpe60.json"))) == 2  # one tokenizer per training split
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_an_empty_validation_split_is_named(tmp_path):
+    with pytest.raises(ValueError, match="validation split"):
+        prepare_data(TEXT, 60, tmp_path, name="hamlet", val_fraction=1e-17)  # rounds to no character
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path):
+    path = tmp_path / "ids.bin"
+    data_mod.atomic_write(path, lambda tmp: tmp.write_bytes(b"old"))
+
+    def dies(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        data_mod.atomic_write(path, dies)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["ids.bin"]

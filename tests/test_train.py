@@ -1,13 +1,22 @@
 """Schedule, optimizer groups, accumulation, checkpoints, exact resume, NaN guard (tinyllm_lib.train, .checkpoint)."""
 
+import json
 import math
 import os
+import signal
 
 import pytest
 import torch
 from torch import nn
 
-from tinyllm_lib.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from tinyllm_lib import train as train_mod
+from tinyllm_lib.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+    rng_state,
+    save_checkpoint,
+)
 from tinyllm_lib.data import prepare_data
 from tinyllm_lib.model import GPT, GPTConfig
 from tinyllm_lib.train import (
@@ -124,6 +133,40 @@ def test_bfloat16_autocast_trains_on_cpu(data, tmp_path):
     loss, _, _ = trainer.train_step()
     assert math.isfinite(loss.item())
     assert all(p.dtype == torch.float32 for p in trainer.raw_model.parameters())  # master weights stay fp32
+    idx = torch.zeros(2, 8, dtype=torch.long)
+    with train_mod.autocast(trainer.device, trainer.dtype):
+        assert trainer.raw_model(idx).dtype == torch.bfloat16  # the matmuls really ran in bf16
+
+
+def fp16_trainer(data, out_dir, monkeypatch):
+    """The fp16 + GradScaler path on a CPU (the CLI only allows fp16 on CUDA; torch can do it here)."""
+    monkeypatch.setattr(train_mod, "resolve_dtype", lambda name, device: torch.float16)
+    trainer = Trainer(model_cfg(data), train_cfg(out_dir), data, device="cpu")
+    monkeypatch.undo()
+    return trainer
+
+
+def test_float16_with_grad_scaler_steps_and_round_trips_through_a_checkpoint(data, tmp_path, monkeypatch):
+    trainer = fp16_trainer(data, tmp_path, monkeypatch)
+    assert trainer.dtype == torch.float16 and trainer.scaler.is_enabled()
+    before = [p.detach().clone() for p in trainer.raw_model.parameters()]
+    for _ in range(3):
+        loss, _, _ = trainer.train_step()
+        assert math.isfinite(loss.item())
+    assert any(not torch.equal(p, q) for p, q in zip(before, trainer.raw_model.parameters()))
+    saved = trainer.scaler.state_dict()
+    assert saved and saved["scale"] > 0
+    trainer.evaluate_and_save()
+    state = load_checkpoint(tmp_path / "latest.pt")
+    again = fp16_trainer(data, tmp_path, monkeypatch)
+    again.load_state_dict(state)
+    assert again.scaler.state_dict() == saved
+    # a change of dtype on resume: fp16 -> fp32 ignores the scaler state, fp32 -> fp16 starts a fresh one
+    fp32 = Trainer(model_cfg(data), train_cfg(tmp_path), data, device="cpu")
+    fp32.load_state_dict(state)
+    fp32_state = fp32.state_dict()
+    assert fp32_state["scaler"] == {}
+    fp16_trainer(data, tmp_path, monkeypatch).load_state_dict(fp32_state)
 
 
 def test_dtype_choices():
@@ -134,6 +177,18 @@ def test_dtype_choices():
         resolve_dtype("float16", cpu)
     with pytest.raises(ValueError, match="--dtype"):
         resolve_dtype("float8", cpu)
+
+
+def test_auto_dtype_on_cuda_gives_fp16_where_bf16_is_only_emulated(monkeypatch):
+    asked = []
+
+    def is_bf16_supported(including_emulation=True):
+        asked.append(including_emulation)
+        return including_emulation  # an older GPU: bf16 only through emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    assert asked == [False]
 
 
 @pytest.mark.parametrize("field, value, flag", [("lr", -1.0, "--lr"), ("warmup_iters", 50, "--warmup_iters"),
@@ -159,6 +214,69 @@ def test_exact_resume(data, tmp_path):
     assert losses(resumed.history) == losses(straight.history)  # bit for bit
     for p, q in zip(straight.raw_model.parameters(), resumed.raw_model.parameters()):
         assert torch.equal(p, q)
+
+
+def test_latest_carries_the_best_val_loss_and_best_is_a_copy(data, tmp_path):
+    trainer = Trainer(model_cfg(data), train_cfg(tmp_path, max_iters=12, eval_interval=4), data, device="cpu")
+    trainer.fit(until=8)
+    val = [r["val_loss"] for r in trainer.history if "val_loss" in r]
+    latest = load_checkpoint(tmp_path / "latest.pt")
+    assert latest["best_val_loss"] == min(val) == trainer.best_val_loss  # not the value before this evaluation
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["best_val_loss"] == min(val) and best["step"] == [0, 4, 8][val.index(min(val))]
+    if val[-1] == min(val):
+        assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "latest.pt").read_bytes()
+    resumed = Trainer(model_cfg(data), train_cfg(tmp_path, max_iters=12, eval_interval=4), data, device="cpu")
+    resumed.load_state_dict(latest)
+    assert resumed.best_val_loss == min(val)
+    resumed.best_val_loss = -math.inf  # nothing can beat it: best.pt must stay as it is
+    best_bytes = (tmp_path / "best.pt").read_bytes()
+    resumed.fit()
+    assert (tmp_path / "best.pt").read_bytes() == best_bytes
+
+
+def test_ctrl_c_saves_at_a_step_boundary_and_resumes_exactly(data, tmp_path):
+    straight = Trainer(model_cfg(data), train_cfg(tmp_path / "straight"), data, device="cpu")
+    straight.fit()
+    interrupted = Trainer(model_cfg(data), train_cfg(tmp_path / "resumed"), data, device="cpu")
+    real_step = interrupted.train_step
+
+    def step_then_ctrl_c():
+        out = real_step()
+        if interrupted.step == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # as a Ctrl-C in the terminal would
+        return out
+
+    interrupted.train_step = step_then_ctrl_c
+    previous = signal.getsignal(signal.SIGINT)
+    interrupted.fit()
+    assert signal.getsignal(signal.SIGINT) is previous  # the handler is restored
+    assert interrupted.interrupted and interrupted.step == 4
+    assert load_checkpoint(tmp_path / "resumed" / "latest.pt")["step"] == 4
+    resumed = Trainer(model_cfg(data), train_cfg(tmp_path / "resumed"), data, device="cpu")
+    resumed.load_state_dict(load_checkpoint(tmp_path / "resumed" / "latest.pt"))
+    resumed.fit()
+    assert losses(resumed.history) == losses(straight.history)  # bit for bit
+
+
+def test_resume_tolerates_a_torn_last_metrics_line(data, tmp_path, capsys):
+    Trainer(model_cfg(data), train_cfg(tmp_path), data, device="cpu").fit(until=6)
+    metrics = tmp_path / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(lines) + '\n{"step": 7, "lo')  # a crash while appending
+    resumed = Trainer(model_cfg(data), train_cfg(tmp_path), data, device="cpu")
+    resumed.load_state_dict(load_checkpoint(tmp_path / "latest.pt"))
+    assert f"metrics.jsonl:{len(lines) + 1}: dropping a torn last line" in capsys.readouterr().err
+    assert metrics.read_text().splitlines() == lines and len(resumed.history) == len(lines)
+    metrics.write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
+    with pytest.raises(ValueError, match="metrics.jsonl:2: not a metrics record"):
+        Trainer(model_cfg(data), train_cfg(tmp_path), data, device="cpu").load_state_dict(
+            load_checkpoint(tmp_path / "latest.pt"))
+    assert json.loads(metrics.read_text().splitlines()[0])["step"] == 0
+
+
+def test_rng_state_saves_no_gpu_state_on_a_cpu_run():
+    assert "cuda" not in rng_state(torch.Generator(), torch.device("cpu"))
 
 
 def test_a_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the 
         "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n\n") * 60
 TINY = ["--vocab_size", "90", "--d_model", "32", "--n_layers", "1", "--n_heads", "2", "--d_ff", "64",
         "--context_length", "32", "--batch_size", "4", "--warmup_iters", "2", "--eval_interval", "3",
-        "--eval_iters", "2", "--log_interval", "1", "--dtype", "float32"]
+        "--eval_iters", "2", "--log_interval", "1", "--dtype", "float32", "--device", "cpu"]
 
 
 @pytest.fixture
@@ -47,6 +47,40 @@ def test_smoke_run_then_resume(run_dir, capsys):
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [s for s in steps if s] == sorted(s for s in steps if s)  # one history, no repeats from step 6 on
     assert steps.count(6) == 2 and steps.count(7) == 1  # step 6: its log line and its evaluation
+
+
+def test_a_second_run_without_resume_refuses_to_overwrite(run_dir, capsys):
+    assert main(args(run_dir, "--max_iters", "3")) == 0
+    before = snapshot(run_dir / "out")
+    capsys.readouterr()
+    assert main(args(run_dir, "--max_iters", "3")) == 2
+    err = capsys.readouterr().err
+    assert f"{run_dir / 'out' / 'latest.pt'} already exists" in err and "--resume" in err and "--out_dir" in err
+    assert snapshot(run_dir / "out") == before  # nothing written
+
+
+def test_resume_takes_unspecified_flags_from_the_checkpoint(run_dir, capsys):
+    assert main(args(run_dir, "--max_iters", "6", "--lr", "0.002", "--batch_size", "3")) == 0
+    capsys.readouterr()
+    data = ["--data", str(run_dir / "play.txt"), "--out_dir", str(run_dir / "out"), "--cache_dir", str(run_dir / "cache")]
+    assert main([*data, "--resume", "--max_iters", "9", "--device", "cpu"]) == 0  # no model or training flags
+    out = capsys.readouterr().out
+    assert "changed: max_iters 6 -> 9" in out and "lr" not in out.split("changed:")[1].splitlines()[0]
+    state = load_checkpoint(run_dir / "out" / "latest.pt")
+    assert state["step"] == 9 and state["model_config"]["d_model"] == 32
+    assert state["train_config"]["lr"] == 0.002 and state["train_config"]["batch_size"] == 3
+    assert state["train_config"]["dtype"] == "float32"
+    assert main([*data, "--resume", "--max_iters", "10", "--lr", "0.001", "--device", "cpu"]) == 0
+    assert "changed: max_iters 9 -> 10, lr 0.002 -> 0.001" in capsys.readouterr().out
+
+
+def test_a_too_short_validation_split_names_the_data_file(run_dir, capsys):
+    (run_dir / "short.txt").write_text(TEXT[:500], encoding="utf-8")
+    argv = args(run_dir, "--max_iters", "3")
+    argv[1] = str(run_dir / "short.txt")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "short.txt: the validation split has" in err and "context_length=32" in err
 
 
 @pytest.mark.parametrize("extra, message", [

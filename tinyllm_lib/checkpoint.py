@@ -12,18 +12,19 @@ What the trainer does every `eval_interval` steps, and what chapter 07 does to s
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tinyllm_lib.data import atomic_write
 from tinyllm_lib.model import GPT, GPTConfig
 from tinyllm_lib.tokenizer import BPETokenizer
 
 CHECKPOINT_VERSION = 1
-CHECKPOINT_KEYS = ("version", "model", "optimizer", "model_config", "train_config", "tokenizer", "step", "rng")
+CHECKPOINT_KEYS = ("version", "model", "optimizer", "scaler", "model_config", "train_config", "tokenizer", "step",
+                   "best_val_loss", "rng")
 
 
 class CheckpointError(RuntimeError):
@@ -35,14 +36,7 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 
     A crash or a full disk during the write leaves the previous checkpoint untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -64,15 +58,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, BPETokenizer]:
-    """The trained model (in eval mode) and its tokenizer, e.g. for sampling in chapter 07."""
-    state = load_checkpoint(path, map_location=device)
-    model = GPT(GPTConfig(**state["model_config"])).to(device)
+    """The trained model (in eval mode) and its tokenizer, e.g. for sampling in chapter 07.
+
+    Everything loads on the CPU first; only the weights then move to `device` (the optimizer's
+    moments, twice the model's size, never reach the GPU).
+    """
+    state = load_checkpoint(path, map_location="cpu")
+    model = GPT(GPTConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
-    return model.eval(), BPETokenizer.from_dict(state["tokenizer"])
+    return model.to(device).eval(), BPETokenizer.from_dict(state["tokenizer"])
 
 
-def rng_state(sampler: torch.Generator) -> dict:
-    """Every random stream a step consumes, as plain tensors/lists (loadable with weights_only=True)."""
+def rng_state(sampler: torch.Generator, device: torch.device | str = "cpu") -> dict:
+    """Every random stream a step consumes, as plain tensors/lists (loadable with weights_only=True).
+
+    On a GPU only the trainer's own device generator is saved: asking for every GPU's state would
+    touch (and initialise) devices this process never uses.
+    """
+    device = torch.device(device)
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),  # dropout on CPU
@@ -80,17 +83,22 @@ def rng_state(sampler: torch.Generator) -> dict:
         "python": random.getstate(),
         "sampler": sampler.get_state(),  # which windows get_batch picks next
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()  # dropout on the GPU
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)  # dropout on this GPU
+    elif device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
     return state
 
 
-def set_rng_state(state: dict, sampler: torch.Generator) -> None:
+def set_rng_state(state: dict, sampler: torch.Generator, device: torch.device | str = "cpu") -> None:
+    device = torch.device(device)
     torch.set_rng_state(state["torch"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     sampler.set_state(state["sampler"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    elif device.type == "mps" and "mps" in state:
+        torch.mps.set_rng_state(state["mps"])

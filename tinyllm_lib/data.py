@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,12 +56,20 @@ def tokenizer_fingerprint(tokenizer: BPETokenizer) -> str:
     return sha256_text(json.dumps(tokenizer.to_dict(), sort_keys=True, ensure_ascii=False))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` fills a temporary file in the same folder, which then replaces `path` in one rename.
+
+    A crash or a full disk during the write leaves the previous file untouched, never half a file;
+    fsync puts the bytes on disk before the rename makes them visible. On failure the temporary
+    file is removed: `atomic_write(path, lambda tmp: tmp.write_bytes(data))`.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(data)
+        write(tmp)
+        with open(tmp, "r+b") as f:  # flush the OS buffers of the finished file to disk
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -90,10 +99,14 @@ def cached_tokens(text: str, tokenizer: BPETokenizer, path: str | Path) -> np.me
         fresh = all(meta.get(k) == v for k, v in want.items())
         if fresh and path.stat().st_size == meta.get("n_tokens", -1) * dtype.itemsize:
             return np.memmap(path, dtype=dtype, mode="r")
+        if fresh and meta.get("n_tokens") == 0:
+            return np.zeros(0, dtype=dtype)  # numpy cannot memory-map an empty file
     ids = np.asarray(tokenizer.encode(text), dtype=dtype)
-    _atomic_write(path, ids.tobytes())
+    atomic_write(path, lambda tmp: tmp.write_bytes(ids.tobytes()))
     meta = {**want, "n_tokens": int(ids.size), "n_chars": len(text)}
-    _atomic_write(meta_path, json.dumps(meta, indent=1).encode("utf-8"))
+    atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
+    if ids.size == 0:
+        return ids
     return np.memmap(path, dtype=dtype, mode="r")
 
 
@@ -103,10 +116,7 @@ def cached_tokenizer(text: str, vocab_size: int, path: str | Path, byte_level: b
     if path.is_file():
         return BPETokenizer.load(path)
     tokenizer = BPETokenizer(byte_level=byte_level).train(text, vocab_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tokenizer.save(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, tokenizer.save)
     return tokenizer
 
 
@@ -134,16 +144,21 @@ def prepare_data(
 ) -> TokenData:
     """Split `text`, train (or load) a tokenizer on the training part, tokenize both parts once.
 
-    Cache files are named by the text's hash, so two corpora never collide:
+    Cache files are named by a hash of the text and of the split (the tokenizer is trained on the
+    training part only), so two corpora or two splits never collide:
     `<cache_dir>/<name>-<hash>-bpe<vocab>.json`, `...-train.bin`, `...-val.bin`.
     """
     if not text:
         raise ValueError(f"{name}: the training text is empty")
     train_text, val_text = split_text(text, val_fraction)
-    stem = Path(cache_dir) / f"{name}-{sha256_text(text)[:12]}-{'byte' if byte_level else 'bpe'}{vocab_size}"
+    key = sha256_text(f"val_fraction={val_fraction!r}\n{text}")[:12]
+    stem = Path(cache_dir) / f"{name}-{key}-{'byte' if byte_level else 'bpe'}{vocab_size}"
     tokenizer = cached_tokenizer(train_text, vocab_size, f"{stem}.json", byte_level)
     train = cached_tokens(train_text, tokenizer, f"{stem}-train.bin")
     val = cached_tokens(val_text, tokenizer, f"{stem}-val.bin")
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(f"{name}: the {'validation' if len(train) else 'training'} split of {len(text):,} "
+                         f"characters (val_fraction={val_fraction}) holds no token; use a longer text")
     return TokenData(tokenizer, train, val, len(val_text))
 
 
@@ -153,16 +168,15 @@ def get_batch(
     context_length: int,
     generator: torch.Generator,
     device: torch.device | str = "cpu",
+    split: str = "the token array",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`batch_size` random windows: x = tokens[i : i+T], y = tokens[i+1 : i+T+1], both (B, T) int64.
 
     `generator` owns the randomness, so a checkpoint that saves its state resumes the exact
-    same sequence of batches.
+    same sequence of batches. `split` names the array in errors ("the validation split").
     """
     if len(tokens) <= context_length:
-        raise ValueError(
-            f"the token array has {len(tokens)} tokens: it needs more than context_length={context_length}"
-        )
+        raise ValueError(f"{split} has {len(tokens)} tokens: it needs more than context_length={context_length}")
     starts = torch.randint(len(tokens) - context_length, (batch_size,), generator=generator).tolist()
     # One (B, T+1) block, then two views: x is every row but its last token, y every row but its first.
     block = np.stack([tokens[i : i + context_length + 1] for i in starts]).astype(np.int64)

@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import math
 import os
 import random
+import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,7 +48,7 @@ from tinyllm_lib.checkpoint import (
     set_rng_state,
 )
 from tinyllm_lib.corpus import DATA_DIR, DataFileError, load_corpus
-from tinyllm_lib.data import TokenData, get_batch, prepare_data
+from tinyllm_lib.data import TokenData, atomic_write, get_batch, prepare_data
 from tinyllm_lib.env import bf16_supported, pick_device
 from tinyllm_lib.model import GPT, GPTConfig, lm_loss
 
@@ -93,15 +97,23 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
+def dtype_name(name: str) -> str:
+    """The canonical `--dtype` name ("bf16" -> "bfloat16"); an unknown name raises ValueError."""
+    canonical = DTYPE_ALIASES.get(name, name)
+    if canonical != "auto" and canonical not in DTYPES:
+        raise ValueError(f"--dtype must be auto, {', '.join(DTYPES)} (or fp32, bf16, fp16); got {name!r}")
+    return canonical
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """`--dtype` -> a torch dtype; "auto" means bf16 (or fp16) on CUDA, fp32 elsewhere (chapter 05)."""
-    name = DTYPE_ALIASES.get(name, name)
+    name = dtype_name(name)
     if name == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            # Older GPUs only emulate bf16 (slowly): they get fp16 with loss scaling instead.
+            native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+            return torch.bfloat16 if native_bf16 else torch.float16
         return torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"--dtype must be auto, {', '.join(DTYPES)} (or fp32, bf16, fp16); got {name!r}")
     if name == "float16" and device.type != "cuda":
         raise ValueError(f"--dtype float16 needs a CUDA GPU (loss scaling); on {device.type} use bfloat16")
     if name == "bfloat16" and not bf16_supported(device):
@@ -114,6 +126,9 @@ def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+EVAL_SEED_OFFSET = 2**32  # evaluation batches: a seed no rank's sampler (seed + rank) ever uses
 
 
 class TrainingDiverged(RuntimeError):
@@ -160,8 +175,7 @@ class TrainConfig:
                              f"(got {self.weight_decay}, {self.grad_clip})")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError(f"--beta1 and --beta2 must be in [0, 1) (got {self.beta1}, {self.beta2})")
-        if DTYPE_ALIASES.get(self.dtype, self.dtype) not in ("auto", *DTYPES):
-            raise ValueError(f"--dtype must be auto, {', '.join(DTYPES)} (or fp32, bf16, fp16); got {self.dtype!r}")
+        dtype_name(self.dtype)  # raises on an unknown name
 
 
 @dataclass(frozen=True)
@@ -197,8 +211,8 @@ def init_distributed(device: str | None = None) -> tuple[Distributed, torch.devi
 class Trainer:
     """Model, optimizer, data sampler and random state; `fit()` trains, evaluates, logs, checkpoints.
 
-    >>> trainer = Trainer(GPTConfig.preset("tiny", vocab_size=data.tokenizer.vocab_size), TrainConfig(), data)
-    >>> history = trainer.fit()  # writes checkpoints/latest.pt, best.pt and metrics.jsonl
+    >>> trainer = Trainer(GPTConfig.preset("tiny", vocab_size=data.tokenizer.vocab_size), TrainConfig(), data)  # doctest: +SKIP
+    >>> history = trainer.fit()  # writes checkpoints/latest.pt, best.pt and metrics.jsonl  # doctest: +SKIP
     """
 
     def __init__(self, model_cfg: GPTConfig, cfg: TrainConfig, data: TokenData,
@@ -225,7 +239,13 @@ class Trainer:
         self.model = torch.compile(self.raw_model) if cfg.compile else self.raw_model
         self.eval_model = self.model  # evaluation skips DDP's gradient hooks
         if self.dist.world_size > 1:
-            self.model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # No buffer copy before each forward: the model's only buffers are constants (causal
+            # mask, rotary tables) that every rank builds identically. Newer torch names the option
+            # forward_sync_buffers (older: broadcast_buffers).
+            no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                       else "broadcast_buffers")
+            self.model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                             **{no_sync: False})
         self.step = 0
         self.best_val_loss = math.inf
         self.last_eval_step = -1
@@ -233,6 +253,7 @@ class Trainer:
         self.history: list[dict] = []  # every record written to metrics.jsonl
         self.out_dir = Path(cfg.out_dir)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # NaN guard, no sync
+        self.interrupted = False  # set by Ctrl-C (SIGINT) during fit(); checked between steps
 
     @property
     def tokens_per_step(self) -> int:
@@ -251,7 +272,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(k):
             x, y = get_batch(self.data.train, cfg.batch_size, self.model_cfg.context_length,
-                             self.sampler, self.device)  # (B, T), (B, T)
+                             self.sampler, self.device, split="the training split")  # (B, T), (B, T)
             # Under DDP, average gradients across processes only once, on the last micro-batch.
             last = micro == k - 1
             sync = self.model.no_sync() if self.dist.world_size > 1 and not last else contextlib.nullcontext()
@@ -276,28 +297,38 @@ class Trainer:
         """Mean loss over `eval_iters` batches of each split, plus validation bits per character.
 
         A fresh generator with a fixed seed draws the same batches every time (curves compare like
-        with like) and leaves the training sampler's state alone (exact resume).
+        with like) and leaves the training sampler's state alone (exact resume). Its seed is far
+        from `seed + rank`, the training samplers' seeds. Under DDP every rank draws the same
+        batches but evaluates only every world_size-th one; the sum over ranks is the same mean.
         """
         self.eval_model.eval()
         out = {}
+        world, rank = self.dist.world_size, self.dist.rank
         for split, tokens in (("train", self.data.train), ("val", self.data.val)):
-            generator = torch.Generator().manual_seed(self.cfg.seed + 1)
-            losses = torch.zeros(self.cfg.eval_iters, device=self.device)
+            name = "the training split" if split == "train" else "the validation split"
+            generator = torch.Generator().manual_seed(self.cfg.seed + EVAL_SEED_OFFSET)
+            total = torch.zeros((), device=self.device)
             for i in range(self.cfg.eval_iters):
-                x, y = get_batch(tokens, self.cfg.batch_size, self.model_cfg.context_length, generator, self.device)
-                with autocast(self.device, self.dtype):
-                    losses[i] = lm_loss(self.eval_model(x), y).float()
-            out[f"{split}_loss"] = losses.mean().item()
+                mine = i % world == rank
+                x, y = get_batch(tokens, self.cfg.batch_size, self.model_cfg.context_length, generator,
+                                 self.device if mine else "cpu", split=name)
+                if mine:
+                    with autocast(self.device, self.dtype):
+                        total += lm_loss(self.eval_model(x), y).float()
+            if world > 1:
+                dist.all_reduce(total)
+            out[f"{split}_loss"] = total.item() / self.cfg.eval_iters
         self.eval_model.train()
         out["val_bpc"] = bits_per_char(out["val_loss"], self.data.val_chars_per_token)
         return out
 
     def state_dict(self) -> dict:
         """Everything exact resume needs; plain tensors, numbers, strings (weights_only=True loads it)."""
-        rng = [rng_state(self.sampler)]
+        mine = rng_state(self.sampler, self.device)
+        rng = [mine]
         if self.dist.world_size > 1:  # one entry per rank: each rank has its own streams
             rng = [None] * self.dist.world_size
-            dist.all_gather_object(rng, rng_state(self.sampler))
+            dist.all_gather_object(rng, mine)
         return {
             "version": CHECKPOINT_VERSION,
             "model": self.raw_model.state_dict(),
@@ -324,24 +355,44 @@ class Trainer:
                                   f"--vocab_size; resume with the data and vocabulary it was trained on")
         self.raw_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and self.scaler.is_enabled():  # fp16 then and now; another dtype starts afresh
+            self.scaler.load_state_dict(state["scaler"])
         self.step = self.last_eval_step = state["step"]
         self.best_val_loss = state["best_val_loss"]
         if len(state["rng"]) == self.dist.world_size:
-            set_rng_state(state["rng"][self.dist.rank], self.sampler)
+            set_rng_state(state["rng"][self.dist.rank], self.sampler, self.device)
         else:  # a different number of processes: a fresh but reproducible stream per rank
             self.sampler.manual_seed(self.cfg.seed + self.dist.rank + self.step)
         self.last_good = (Path(source), self.step)
         self._load_history()
 
     def _load_history(self) -> None:
-        """Keep the metrics logged up to the resumed step; later lines belong to a run we rewind."""
+        """Keep the metrics logged up to the resumed step; later lines belong to a run we rewind.
+
+        Only rank 0 reads and rewrites metrics.jsonl. A torn last line (a crash while appending)
+        is dropped with a warning; any other bad line is an error naming `metrics.jsonl:<line>`.
+        """
         path = self.out_dir / "metrics.jsonl"
-        if path.is_file():
-            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-            self.history = [r for r in records if r["step"] <= self.step]
-            if self.dist.master:
-                path.write_text("".join(json.dumps(r) + "\n" for r in self.history), encoding="utf-8")
+        if not self.dist.master or not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                keep = record["step"] <= self.step
+            except (ValueError, KeyError, TypeError) as exc:
+                if number == len(lines):
+                    print(f"warning: {path}:{number}: dropping a torn last line ({exc})", file=sys.stderr)
+                    continue
+                raise ValueError(f"{path}:{number}: not a metrics record ({exc}); fix or delete that line") from exc
+            if keep:
+                kept.append(record)
+        self.history = kept
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def _record(self, record: dict) -> None:
         self.history.append(record)
@@ -350,12 +401,22 @@ class Trainer:
             with (self.out_dir / "metrics.jsonl").open("a" if len(self.history) > 1 else "w") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def _guard(self, what: str = "loss") -> None:
-        """Stop on NaN/inf before anything is written; the last good checkpoint stays on disk."""
-        if self._nonfinite.item():
+    def _guard(self, what: str = "loss", loss: torch.Tensor | None = None) -> float | None:
+        """Stop on NaN/inf before anything is written; the last good checkpoint stays on disk.
+
+        One device sync, which also reads `loss` back (its mean over ranks). Under DDP the NaN flag
+        and the loss are summed across ranks, so every rank logs the same loss and all stop together.
+        """
+        stats = torch.stack([self._nonfinite.float(),
+                             loss.detach().float() if loss is not None else torch.zeros((), device=self.device)])
+        if self.dist.world_size > 1:
+            dist.all_reduce(stats)
+        nonfinite, loss_sum = stats.tolist()
+        if nonfinite:
             where = f"{self.last_good[0]} (step {self.last_good[1]})" if self.last_good else "none written yet"
             raise TrainingDiverged(f"the {what} became NaN or infinite by step {self.step}: training stopped. "
                                    f"Last good checkpoint: {where}. Try a lower --lr or --grad_clip 1.0")
+        return loss_sum / self.dist.world_size if loss is not None else None
 
     def evaluate_and_save(self) -> dict:
         self._guard()
@@ -364,28 +425,62 @@ class Trainer:
             self._nonfinite.fill_(True)
             self._guard("evaluation loss")
         self._record({"step": self.step, **metrics})
+        # Every rank updates best_val_loss before state_dict(), so latest.pt carries the new value.
+        improved = metrics["val_loss"] < self.best_val_loss
+        if improved:
+            self.best_val_loss = metrics["val_loss"]
         state = self.state_dict()  # every rank takes part (it gathers RNG states)
         if self.dist.master:
-            save_checkpoint(state, self.out_dir / "latest.pt")
-            if metrics["val_loss"] < self.best_val_loss:
-                self.best_val_loss = state["best_val_loss"] = metrics["val_loss"]
-                save_checkpoint(state, self.out_dir / "best.pt")
+            latest = self.out_dir / "latest.pt"
+            save_checkpoint(state, latest)
+            if improved:  # the same bytes: copy the file just written instead of serializing again
+                atomic_write(self.out_dir / "best.pt", lambda tmp: shutil.copyfile(latest, tmp))
             tqdm.write(f"step {self.step}: train {metrics['train_loss']:.4f}, val {metrics['val_loss']:.4f} "
                        f"nats/token, val {metrics['val_bpc']:.3f} bits/char")
         self.last_good = (self.out_dir / "latest.pt", self.step)
         self.last_eval_step = self.step
         return metrics
 
+    def _on_sigint(self, signum, frame) -> None:
+        if self.interrupted:  # a second Ctrl-C: stop at once, without saving
+            raise KeyboardInterrupt
+        self.interrupted = True
+        tqdm.write("Ctrl-C: saving after this step (press again to abort without saving)")
+
+    def _stop_requested(self) -> bool:
+        """Ctrl-C seen? Under DDP, asked of all ranks together at log steps, so that they all stop."""
+        if self.dist.world_size == 1:
+            return self.interrupted
+        if self.step % self.cfg.log_interval:
+            return False
+        flag = torch.tensor(float(self.interrupted), device=self.device)
+        dist.all_reduce(flag)
+        return flag.item() > 0
+
     def fit(self, until: int | None = None) -> list[dict]:
         """Train to `max_iters` (or stop at step `until`, as an interruption would), evaluating
-        and checkpointing every `eval_interval` steps and at the end. Returns the metrics history."""
+        and checkpointing every `eval_interval` steps and at the end. Returns the metrics history.
+
+        Ctrl-C only sets a flag; the loop sees it between two steps, saves that step and returns,
+        so the checkpoint resumes exactly (a KeyboardInterrupt mid-step would leave half an update).
+        """
         cfg = self.cfg
         stop = cfg.max_iters if until is None else min(until, cfg.max_iters)
         bar = tqdm(total=cfg.max_iters, initial=self.step, disable=not self.dist.master, desc="training",
                    unit="step", mininterval=1.0 if sys.stderr.isatty() else 10.0)  # fewer lines in logs
         tick, tick_step = time.perf_counter(), self.step
+        self.interrupted = False
+        main_thread = threading.current_thread() is threading.main_thread()  # signals need it
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if main_thread else None
         try:
             while True:
+                if self._stop_requested():
+                    if self.step != self.last_eval_step:
+                        self.evaluate_and_save()
+                    if self.dist.master:
+                        tqdm.write(f"interrupted: saved step {self.step} to {self.out_dir / 'latest.pt'}; "
+                                   f"carry on with --resume")
+                    break
                 if (self.step % cfg.eval_interval == 0 or self.step == stop) and self.step != self.last_eval_step:
                     self.evaluate_and_save()
                     tick, tick_step = time.perf_counter(), self.step  # evaluation time is not training speed
@@ -394,22 +489,18 @@ class Trainer:
                 loss, grad_norm, lr = self.train_step()
                 bar.update(1)
                 if self.step % cfg.log_interval == 0 or self.step == stop:
-                    self._guard()  # the one sync per log interval
+                    mean_loss = self._guard(loss=loss)  # the one sync per log interval
                     now = time.perf_counter()
                     tok_s = (self.step - tick_step) * self.tokens_per_step / max(now - tick, 1e-9)
                     tick, tick_step = now, self.step
-                    record = {"step": self.step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
+                    record = {"step": self.step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm.item(),
                               "tok_per_s": round(tok_s, 1)}
                     self._record(record)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
                                         refresh=False)
-        except KeyboardInterrupt:
-            if self.dist.world_size > 1:
-                raise
-            self.last_eval_step = -1
-            self.evaluate_and_save()
-            tqdm.write(f"interrupted: saved step {self.step} to {self.out_dir / 'latest.pt'}; carry on with --resume")
         finally:
+            if main_thread:
+                signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
             bar.close()
         return self.history
 
@@ -487,34 +578,89 @@ def read_text(path: str | None) -> tuple[str, str]:
     return text, file.stem
 
 
-def model_config_from_args(args: argparse.Namespace, vocab_size: int | None = None) -> GPTConfig:
+def model_config_from_args(args: argparse.Namespace, vocab_size: int | None = None,
+                           base: dict | None = None) -> GPTConfig:
+    """The preset (or `base`, a checkpoint's model config) with the model flags on top."""
     overrides = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
     if vocab_size is not None:
         overrides["vocab_size"] = vocab_size
     if args.use_learned_pos_emb:
         overrides["use_learned_pos_emb"] = True
     try:
+        if base is not None:
+            return GPTConfig(**{**base, **overrides})
         return GPTConfig.preset(args.config, **overrides)
     except (ValueError, TypeError) as exc:  # GPTConfig names the field; we name the flags
         raise ValueError(f"model flags (--config {args.config}): {exc}") from exc
 
 
+def given_flags(argv: list[str] | None = None) -> set[str]:
+    """The destinations of the flags written on the command line (as opposed to defaults)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def resume_settings(args: argparse.Namespace, state: dict) -> tuple[dict | None, list[str]]:
+    """On --resume, flags not given take the checkpoint's values (model shape and training settings).
+
+    Returns the model config to build on (None: the --config preset) and the training flags given
+    with a new value, as "name old -> new". A different model shape is left for load_state_dict
+    to refuse.
+    """
+    given = getattr(args, "given", None)
+    if given is None:  # called from Python: whatever differs from the defaults counts as given
+        parser = build_parser()
+        given = {k for k, v in vars(args).items() if v != parser.get_default(k)}
+    base = None
+    if "config" not in given:
+        base = dict(state["model_config"])
+        for name in (*MODEL_FLAGS, "use_learned_pos_emb"):
+            if name not in given and name in base:
+                setattr(args, name, base[name])
+    changed = []
+    for name, saved in state["train_config"].items():
+        if name == "out_dir" or not hasattr(args, name):
+            continue
+        if name not in given:
+            setattr(args, name, saved)
+        elif getattr(args, name) != saved:
+            changed.append(f"{name} {saved!r} -> {getattr(args, name)!r}")
+    return base, changed
+
+
 def run(args: argparse.Namespace) -> dict:
     """Everything `main` does, raising instead of exiting; returns the last evaluation."""
-    cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig()) if k != "out_dir"}, out_dir=args.out_dir)
-    model_config_from_args(args)  # bad model flags fail here, before any data work
     latest = Path(args.out_dir) / "latest.pt"
-    state = load_checkpoint(latest) if args.resume else None  # fails before anything is written
+    state, base, changed = None, None, []
+    if args.resume:
+        state = load_checkpoint(latest)  # fails before anything is written
+        base, changed = resume_settings(args, state)
+    elif latest.exists():
+        raise ValueError(f"{latest} already exists: add --resume to continue that run, or choose another "
+                         f"--out_dir (nothing was written)")
+    cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig()) if k != "out_dir"}, out_dir=args.out_dir)
+    model_config_from_args(args, base=base)  # bad model flags fail here, before any data work
     info, device = init_distributed(args.device)
     resolve_dtype(cfg.dtype, device)
+    if changed and info.master:
+        print("changed: " + ", ".join(changed))
     text, name = read_text(args.data)
     vocab = args.vocab_size or GPTConfig.preset(args.config).vocab_size
     if info.world_size > 1 and not info.master:
         dist.barrier()  # let rank 0 train the tokenizer and write the token cache first
-    data = prepare_data(text, vocab, args.cache_dir, name=name)
+    try:
+        data = prepare_data(text, vocab, args.cache_dir, name=name)
+    except ValueError as exc:  # e.g. a text too short to leave a validation split
+        raise ValueError(f"--data {args.data or name}: {exc}") from exc
     if info.world_size > 1 and info.master:
         dist.barrier()
-    model_cfg = model_config_from_args(args, vocab_size=data.tokenizer.vocab_size)
+    model_cfg = model_config_from_args(args, vocab_size=data.tokenizer.vocab_size, base=base)
+    for split, tokens in (("training", data.train), ("validation", data.val)):
+        if len(tokens) <= model_cfg.context_length:
+            raise ValueError(f"--data {args.data or name}: the {split} split has {len(tokens)} tokens, it needs "
+                             f"more than context_length={model_cfg.context_length}; use a longer text")
     trainer = Trainer(model_cfg, cfg, data, device, info)
     if state is not None:
         trainer.load_state_dict(state, source=str(latest))
@@ -534,11 +680,14 @@ def run(args: argparse.Namespace) -> dict:
         figure.savefig(Path(args.out_dir) / "loss.png", dpi=100)
         print(f"done: validation {final['val_loss']:.4f} nats/token = {final['val_bpc']:.3f} bits/char; "
               f"checkpoints in {args.out_dir}/ (latest.pt, best.pt)")
+    if info.world_size > 1:
+        dist.barrier()  # leave together: a rank tearing the group down while another still works can abort
     return final
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.given = given_flags(argv)  # on --resume, the others default to the checkpoint's values
     try:
         run(args)
     except (ValueError, CheckpointError, DataFileError) as exc:

@@ -295,12 +295,15 @@ def launch(target: str, args: list[str] | tuple = (), nproc: int = 2, timeout: f
                             env=env, start_new_session=True)  # its own process group: a timeout kills all ranks
     timed_out = threading.Event()
 
-    def kill():
+    def stop():  # SIGTERM: torchrun passes it on to the ranks (each in a session of its own) and exits
         timed_out.set()
-        with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # still there: kill what is left of the group
             os.killpg(proc.pid, signal.SIGKILL) if hasattr(os, "killpg") else proc.kill()
 
-    timer = threading.Timer(timeout, kill)
+    timer = threading.Timer(timeout, stop)
     timer.start()
     lines = []
     try:

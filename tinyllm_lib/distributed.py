@@ -35,6 +35,68 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tinyllm_lib.env import pick_device
 
 
+class LaunchError(RuntimeError):
+    """A torchrun job failed or timed out; the message holds its last lines of output."""
+
+
+def torchrun_command(target: str, args: list[str] | tuple = (), nproc: int = 2) -> list[str]:
+    """The command line of a one-machine job: a script (`demo.py`) or a module (`tinyllm_lib.train`).
+
+    `--standalone` runs the rendezvous on this machine, on a free port it picks itself.
+    """
+    program = [target] if target.endswith(".py") else ["-m", target]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            *program, *map(str, args)]
+
+
+def launch(target: str, args: list[str] | tuple = (), nproc: int = 2, timeout: float = 600,
+           cwd: str | Path | None = None, show: bool = True) -> str:
+    """Run a torchrun job, streaming its output as it comes; return it, or raise LaunchError.
+
+    Each rank gets cpu_count // nproc threads, so that the ranks do not fight over the cores.
+    """
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    command = torchrun_command(target, args, nproc)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
+                            env=env, start_new_session=True)  # its own process group: a timeout kills all ranks
+    timed_out = threading.Event()
+
+    def stop():  # SIGTERM: torchrun passes it on to the ranks (each in a session of its own) and exits
+        timed_out.set()
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # still there: kill what is left of the group
+            os.killpg(proc.pid, signal.SIGKILL) if hasattr(os, "killpg") else proc.kill()
+
+    timer = threading.Timer(timeout, stop)
+    timer.start()
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if show:
+                print(line, end="", flush=True)
+        code = proc.wait()
+    finally:
+        timer.cancel()
+    if timed_out.is_set():
+        raise LaunchError(f"{' '.join(command[3:])}: stopped after the {timeout:.0f} s timeout. "
+                          f"Last lines:\n{''.join(lines[-15:])}")
+    if code != 0:
+        raise LaunchError(f"{' '.join(command[3:])}: exited with code {code}. Last lines:\n{failure_lines(lines)}")
+    return "".join(lines)
+
+
+def failure_lines(lines: list[str], keep: int = 12) -> str:
+    """The ranks' last lines before torchrun's own report (a long traceback of the launcher)."""
+    for i, line in enumerate(lines):
+        if "torch/distributed/elastic" in line and "failed (exitcode" in line:
+            return "".join(lines[max(0, i - keep):i + 1])
+    return "".join(lines[-keep:])
+
+
 @dataclass(frozen=True)
 class Distributed:
     """Where this process sits in a torchrun job; the defaults describe a plain single process.
@@ -169,7 +231,7 @@ def broadcast_parameters(model: nn.Module, src: int = 0) -> None:
 def average_gradients(model: nn.Module) -> int:
     """One all-reduce per parameter: sum each gradient over the ranks, divide by their number.
 
-    Sum then divide, rather than ReduceOp.AVG: gloo has no AVG. Returns the bytes all-reduced.
+    Sum then divide rather than ReduceOp.AVG, which older gloo builds lack. Returns the bytes all-reduced.
     """
     world, sent = dist.get_world_size(), 0
     for p in model.parameters():  # a tied weight appears once, with its summed gradient
@@ -266,57 +328,3 @@ def loopback_bytes() -> int | None:
     except OSError:
         pass
     return None
-
-
-class LaunchError(RuntimeError):
-    """A torchrun job failed or timed out; the message holds its last lines of output."""
-
-
-def torchrun_command(target: str, args: list[str] | tuple = (), nproc: int = 2) -> list[str]:
-    """The command line of a one-machine job: a script (`demo.py`) or a module (`tinyllm_lib.train`).
-
-    `--standalone` runs the rendezvous on this machine, on a free port it picks itself.
-    """
-    program = [target] if target.endswith(".py") else ["-m", target]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            *program, *map(str, args)]
-
-
-def launch(target: str, args: list[str] | tuple = (), nproc: int = 2, timeout: float = 600,
-           cwd: str | Path | None = None, show: bool = True) -> str:
-    """Run a torchrun job, streaming its output as it comes; return it, or raise LaunchError.
-
-    Each rank gets cpu_count // nproc threads, so that the ranks do not fight over the cores.
-    """
-    threads = max(1, (os.cpu_count() or 1) // nproc)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    command = torchrun_command(target, args, nproc)
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
-                            env=env, start_new_session=True)  # its own process group: a timeout kills all ranks
-    timed_out = threading.Event()
-
-    def stop():  # SIGTERM: torchrun passes it on to the ranks (each in a session of its own) and exits
-        timed_out.set()
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):  # still there: kill what is left of the group
-            os.killpg(proc.pid, signal.SIGKILL) if hasattr(os, "killpg") else proc.kill()
-
-    timer = threading.Timer(timeout, stop)
-    timer.start()
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if show:
-                print(line, end="", flush=True)
-        code = proc.wait()
-    finally:
-        timer.cancel()
-    tail = "".join(lines[-15:])
-    if timed_out.is_set():
-        raise LaunchError(f"{' '.join(command[3:])}: stopped after the {timeout:.0f} s timeout. Last lines:\n{tail}")
-    if code != 0:
-        raise LaunchError(f"{' '.join(command[3:])}: exited with code {code}. Last lines:\n{tail}")
-    return "".join(lines)

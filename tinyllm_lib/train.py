@@ -634,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except (ValueError, CheckpointError, DataFileError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc}\n")  # one write: under torchrun, ranks' messages never interleave
         return 2
     except TrainingDiverged as exc:
         print(f"stopped: {exc}", file=sys.stderr)

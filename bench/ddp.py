@@ -5,8 +5,8 @@
     python bench/ddp.py --steps 5         # more timed steps per row (default 3)
 
 Every row runs the same work: forward and backward of the tiny preset (about 10M parameters, tied
-embeddings) over 8 windows of 256 tokens, then the gradient averaging. The one-process row runs all 8
-windows with 2 threads; the 2-rank rows (torchrun, gloo, one thread per rank) run 4 windows each and
+embeddings) over 8 windows of 256 tokens, then the gradient averaging. The one-process rows run all 8
+windows with 2 threads, then 1; the 2-rank rows (torchrun, gloo, one thread per rank) run 4 windows each and
 average with tinyllm_lib.distributed's wrapper, one all-reduce per parameter or 25 MiB buckets, or
 with torch's DistributedDataParallel, the named peer. The wrappers alternate step by step, so all see
 the same machine load; each figure is the median of the timed steps. The loopback interface's byte
@@ -85,8 +85,8 @@ def worker(steps: int) -> None:
     torch.distributed.destroy_process_group()
 
 
-def one_process(steps: int) -> float:
-    torch.set_num_threads(2)
+def one_process(steps: int, threads: int) -> float:
+    torch.set_num_threads(threads)
     cfg = shape()
     x, y = batch(cfg)
     torch.manual_seed(0)
@@ -111,12 +111,13 @@ def main() -> int:
         return 0
     print(f"tiny preset shape, global batch {BATCH} x {CONTEXT} tokens, {os.cpu_count()} CPU cores, "
           f"torch {torch.__version__}\n")
-    one_ms = one_process(args.steps)
+    one_ms = {threads: one_process(args.steps, threads) for threads in (2, 1)}
     out = launch(__file__, ["--worker", "--steps", args.steps], nproc=2, timeout=1800, show=False)
     r = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
     peer = r["ms"]["torch DDP"]
     print(f"{'':<46}{'ms / step':>10}{'vs torch DDP':>14}")
-    print(f"{'1 process, 2 threads, 8 windows':<46}{one_ms:>10.0f}{one_ms / peer:>13.2f}x")
+    for threads, ms in one_ms.items():
+        print(f"{f'1 process, {threads} thread' + 's' * (threads > 1) + ', 8 windows':<46}{ms:>10.0f}{ms / peer:>13.2f}x")
     for name, ms in r["ms"].items():
         print(f"{'2 ranks x 4 windows, ' + name:<46}{ms:>10.0f}{ms / peer:>13.2f}x")
     formula = ring_allreduce_bytes(r["gradient_bytes"], r["world_size"])
@@ -135,10 +136,11 @@ def main() -> int:
     best = min(r["ms"].values())
     print("\nOn an idle 2-core CPU, two ranks cannot beat one process with two threads: they share the same two "
           "cores,\ndo the same arithmetic, and pay for the all-reduce on top.", end=" ")
-    if one_ms > best:
-        print(f"Here the one process was slower ({one_ms:.0f} vs {best:.0f} ms):\nthat is the machine's load, "
-              "not data parallelism. Other programs were using the cores, and a process whose two threads\n"
-              "wait for each other at every operation suffers more from that than two single-threaded ranks.")
+    if one_ms[2] > best:
+        print(f"Here the one process was slower ({one_ms[2]:.0f} vs {best:.0f} ms):\nthat is the machine's load, "
+              "not data parallelism. Other programs were using the cores: two processes get a larger share of a "
+              "busy\nmachine than one, and a process whose two threads wait for each other at every operation "
+              "suffers most\n(compare its 1-thread row).")
     else:
         print()
     print("On GPUs each rank brings its own device: the compute per rank halves with 2 GPUs, and the differences "

@@ -171,3 +171,16 @@ def test_two_processes_under_torchrun(run_dir):
     assert state["step"] == 3 and len(state["rng"]) == 2  # one random state per rank
     assert not torch.equal(state["rng"][0]["sampler"], state["rng"][1]["sampler"])  # different batches
     assert done.stdout.count("done: validation") == 1  # rank 0 reports, rank 1 stays quiet
+
+
+def test_warmup_not_given_shrinks_to_a_tenth_of_a_short_run(run_dir, capsys):
+    no_warmup = [a for i, a in enumerate(TINY) if "--warmup_iters" not in TINY[max(i - 1, 0):i + 1]]
+    assert "--warmup_iters" not in no_warmup and len(no_warmup) == len(TINY) - 2
+    base = ["--data", str(run_dir / "play.txt"), "--cache_dir", str(run_dir / "cache"), *no_warmup]
+    assert main([*base, "--out_dir", str(run_dir / "short"), "--max_iters", "30"]) == 0  # default 100 > 30
+    assert load_checkpoint(run_dir / "short" / "latest.pt")["train_config"]["warmup_iters"] == 3
+    capsys.readouterr()
+    # A warmup the user asked for is theirs: too long for the run, it is refused, naming the flag.
+    assert main([*base, "--out_dir", str(run_dir / "given"), "--max_iters", "30", "--warmup_iters", "100"]) == 2
+    assert "--warmup_iters" in capsys.readouterr().err
+    assert not (run_dir / "given").exists()

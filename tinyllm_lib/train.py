@@ -475,7 +475,7 @@ FLAG_HELP = {
     "d_model": "model width", "n_layers": "transformer blocks", "n_heads": "attention heads",
     "d_ff": "feed-forward hidden size", "dropout": "dropout probability", "batch_size": "windows per micro-batch, all processes together",
     "max_iters": "optimizer steps", "lr": "peak learning rate", "min_lr": "learning rate at the end of the cosine",
-    "warmup_iters": "linear warmup steps", "weight_decay": "AdamW weight decay (matrices only)",
+    "warmup_iters": "linear warmup steps (if not given: at most max_iters // 10)", "weight_decay": "AdamW weight decay (matrices only)",
     "beta1": "AdamW beta1", "beta2": "AdamW beta2", "grad_clip": "max global gradient norm, 0 = off",
     "grad_accumulation_steps": "micro-batches per optimizer step",
     "eval_interval": "evaluate and checkpoint every N steps", "eval_iters": "batches per evaluation",
@@ -548,6 +548,25 @@ def given_flags(argv: list[str] | None = None) -> set[str]:
     return set(vars(parser.parse_args(argv)))
 
 
+def flags_set(args: argparse.Namespace) -> set[str]:
+    """The flags the user set: `args.given` from `main`, or (called from Python) those that differ from
+    the defaults."""
+    given = getattr(args, "given", None)
+    if given is None:
+        parser = build_parser()
+        given = {k for k, v in vars(args).items() if v != parser.get_default(k)}
+    return given
+
+
+def default_warmup(max_iters: int, warmup_iters: int = TrainConfig.warmup_iters) -> int:
+    """The warmup a run gets when `--warmup_iters` is not given: the default, but at most a tenth of the run.
+
+    >>> default_warmup(2000), default_warmup(30)
+    (100, 3)
+    """
+    return min(warmup_iters, max_iters // 10)
+
+
 def resume_settings(args: argparse.Namespace, state: dict) -> tuple[dict | None, list[str]]:
     """On --resume, flags not given take the checkpoint's values (model shape and training settings).
 
@@ -555,10 +574,7 @@ def resume_settings(args: argparse.Namespace, state: dict) -> tuple[dict | None,
     with a new value, as "name old -> new". A different model shape is left for load_state_dict
     to refuse.
     """
-    given = getattr(args, "given", None)
-    if given is None:  # called from Python: whatever differs from the defaults counts as given
-        parser = build_parser()
-        given = {k for k, v in vars(args).items() if v != parser.get_default(k)}
+    given = flags_set(args)
     base = None
     if "config" not in given:
         base = dict(state["model_config"])
@@ -586,6 +602,8 @@ def run(args: argparse.Namespace) -> dict:
     elif latest.exists():
         raise ValueError(f"{latest} already exists: add --resume to continue that run, or choose another "
                          f"--out_dir (nothing was written)")
+    elif "warmup_iters" not in flags_set(args):  # a short run gets a short warmup rather than an error
+        args.warmup_iters = default_warmup(args.max_iters, args.warmup_iters)
     cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig()) if k != "out_dir"}, out_dir=args.out_dir)
     model_config_from_args(args, base=base)  # bad model flags fail here, before any data work
     info, device = init_distributed(args.device)

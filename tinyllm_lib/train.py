@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -535,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache_dir", default=str(DATA_DIR / "cache"), help="tokenizer and token-array cache")
     p.add_argument("--resume", action="store_true", help="continue from <out_dir>/latest.pt")
     p.add_argument("--device", default=None, help="cuda | mps | cpu (default: the best available)")
+    p.add_argument("--time_budget", type=float, default=None, metavar="MINUTES",
+                   help="train for this many minutes of wall-clock time: timed first steps size the warmup + "
+                        "cosine schedule (max_iters, eval_interval, warmup_iters) to end on time")
     p.add_argument("--use_learned_pos_emb", action="store_true", help="learned positions instead of the preset's")
     for name in MODEL_FLAGS:  # default None: keep the preset's value
         p.add_argument(f"--{name}", type=float if name == "dropout" else int, default=None,
@@ -636,8 +640,15 @@ def resume_settings(args: argparse.Namespace, state: dict) -> tuple[dict | None,
 
 def run(args: argparse.Namespace) -> dict:
     """Everything `main` does, raising instead of exiting; returns the last evaluation."""
+    started = time.perf_counter()  # a --time_budget counts from here: data preparation is part of the run
     latest = Path(args.out_dir) / "latest.pt"
     state, base, changed = None, None, []
+    if args.time_budget is not None:
+        if args.resume:
+            raise ValueError("--time_budget plans a new run from step 0: it cannot be combined with --resume")
+        if not args.time_budget > 0:
+            raise ValueError(f"--time_budget must be > 0 minutes (got {args.time_budget})")
+        args.max_iters = BUDGET_PLACEHOLDER_ITERS  # replaced by the planned length before the first logged step
     if args.resume:
         state = load_checkpoint(latest)  # fails before anything is written
         base, changed = resume_settings(args, state)
@@ -674,7 +685,10 @@ def run(args: argparse.Namespace) -> dict:
         print(f"{name}: {len(data.train):,} training / {len(data.val):,} validation tokens "
               f"({data.val_chars_per_token:.2f} chars/token); model {trainer.raw_model.num_params():,} parameters "
               f"on {device} in {str(trainer.dtype).removeprefix('torch.')}")
-    trainer.fit()
+    if args.time_budget is not None:
+        fit_time_budget(trainer, args.time_budget, start=started)
+    else:
+        trainer.fit()
     final = [r for r in trainer.history if "val_loss" in r][-1]
     if info.master:
         from matplotlib.figure import Figure  # no pyplot: works without a display
@@ -706,3 +720,70 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__" and "ipykernel" not in sys.modules:  # a terminal, not the notebook
     sys.exit(main())
+
+
+BUDGET_PLACEHOLDER_ITERS = 10**9  # a run's length before plan_time_budget has measured it
+
+
+@dataclass
+class BudgetPlan:
+    """What `plan_time_budget` measured, and the run it chose."""
+
+    step_time: float  # seconds per training step
+    eval_time: float  # seconds per evaluation
+    max_iters: int
+    warmup_iters: int
+
+
+def plan_time_budget(trainer: Trainer, minutes: float, start: float | None = None, evaluations: int = 10,
+                     spare_evaluations: int = 3, probe_steps: int = 20) -> BudgetPlan:
+    """Size `trainer.cfg` so that the warmup + cosine schedule ends `minutes` after `start`.
+
+    Runs `probe_steps` real training steps (the start of the run: they count) and one evaluation,
+    timing all but the first 5 steps (memory allocation, kernel selection), then picks `max_iters`
+    (a multiple of `evaluations`), an evaluation every 1/`evaluations` of the run, time for
+    `spare_evaluations` more, and a warmup of at most a tenth of the run. Under torchrun the
+    processes plan with their mean timings, so they all plan the same run.
+    """
+    start = time.perf_counter() if start is None else start
+    if trainer.step != 0:
+        raise ValueError(f"a time budget plans a run from step 0; this trainer is at step {trainer.step}")
+    untimed = min(5, probe_steps - 1)
+    for i in range(probe_steps):
+        if i == untimed:
+            t0 = time.perf_counter()
+        trainer.train_step()
+    step_time = (time.perf_counter() - t0) / (probe_steps - untimed)
+    t0 = time.perf_counter()
+    trainer.evaluate()
+    eval_time = time.perf_counter() - t0
+    timings = trainer.dist.sum(torch.tensor([step_time, eval_time], device=trainer.device)) / trainer.dist.world_size
+    step_time, eval_time = timings.tolist()
+    left = start + minutes * 60 - time.perf_counter() - (evaluations + spare_evaluations) * eval_time
+    shortest = -(-probe_steps // evaluations) * evaluations  # the probe steps, rounded up
+    max_iters = max(shortest, (probe_steps + int(max(left, 0) / step_time)) // evaluations * evaluations)
+    warmup_iters = min(trainer.cfg.warmup_iters, max_iters // 10)
+    trainer.cfg = dataclasses.replace(trainer.cfg, max_iters=max_iters, eval_interval=max_iters // evaluations,
+                                      warmup_iters=warmup_iters)
+    return BudgetPlan(step_time, eval_time, max_iters, warmup_iters)
+
+
+def fit_time_budget(trainer: Trainer, minutes: float, start: float | None = None, evaluations: int = 10) -> BudgetPlan:
+    """`plan_time_budget`, then train in `evaluations` chunks, each ending with an evaluation and a
+    checkpoint; stop after a chunk if the budget is spent (a slower machine than the probe said)."""
+    start = time.perf_counter() if start is None else start
+    plan = plan_time_budget(trainer, minutes, start, evaluations)
+    if trainer.dist.master:
+        print(f"time budget {minutes:g} min: {plan.step_time * 1000:.0f} ms/step and {plan.eval_time:.1f} s/evaluation "
+              f"measured -> max_iters {plan.max_iters}, warmup_iters {plan.warmup_iters}, "
+              f"eval_interval {trainer.cfg.eval_interval}")
+    for k in range(1, evaluations + 1):
+        trainer.fit(until=k * plan.max_iters // evaluations)
+        late = trainer.dist.any(time.perf_counter() > start + minutes * 60, trainer.device)  # all ranks agree
+        if trainer.interrupted or trainer.step >= plan.max_iters:
+            break
+        if late:
+            if trainer.dist.master:
+                print(f"time budget spent after step {trainer.step} of {plan.max_iters}: stopping early")
+            break
+    return plan

@@ -718,10 +718,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__" and "ipykernel" not in sys.modules:  # a terminal, not the notebook
-    sys.exit(main())
-
-
 BUDGET_PLACEHOLDER_ITERS = 10**9  # a run's length before plan_time_budget has measured it
 
 
@@ -787,3 +783,8 @@ def fit_time_budget(trainer: Trainer, minutes: float, start: float | None = None
                 print(f"time budget spent after step {trainer.step} of {plan.max_iters}: stopping early")
             break
     return plan
+
+
+# Last in the module, so that everything `main` calls is defined when a terminal runs it.
+if __name__ == "__main__" and "ipykernel" not in sys.modules:  # a terminal, not the notebook
+    sys.exit(main())

@@ -5,6 +5,7 @@ Drift tests work on a copy of the repository in a temporary folder, so they neve
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -218,3 +219,15 @@ def test_ruff_is_clean():
     assert ruff is not None, "ruff is not installed next to this Python: pip install -e '.[dev]'"
     result = subprocess.run([ruff, "check", "."], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_course_speaks_for_itself_without_project_jargon():
+    """A learner has no 'seed' document or 'specification': the prose never refers to them."""
+    jargon = re.compile(r"(?i)\bthe seed\b|\bseed's\b|\bspecification\b|\bthe spec\b")
+    found = []
+    for folder in ("notebooks", "solutions", "exercises"):
+        for path in sorted((ROOT / folder).glob("*.ipynb")):
+            for number, cell in enumerate(json.loads(path.read_text(encoding="utf-8"))["cells"]):
+                if cell["cell_type"] == "markdown" and (m := jargon.search("".join(cell["source"]))):
+                    found.append(f"{folder}/{path.name}, cell {number}: {m.group()!r}")
+    assert not found, "\n".join(found)

@@ -3,9 +3,10 @@
 
     python bench/generate.py              # 256 new tokens, batch 1 and batch 8, tiny preset shape, CPU
     python bench/generate.py --repeats 5  # more timed runs per row (default 3; the median counts)
+    python bench/generate.py --threads 1  # torch threads (default 2); 1 on a machine busy with other work
 
 Every contender writes 256 new tokens greedily after the same 8-token prompt, with random weights,
-on the CPU with 2 threads: the tiny preset's shape (d_model 384, 6 layers, 6 heads, d_ff 512,
+on the CPU with 2 threads (--threads): the tiny preset's shape (d_model 384, 6 layers, 6 heads, d_ff 512,
 vocabulary 10,000, context 256). Ours: `generate_ids` with and without the cache. The peer:
 `transformers.GPT2LMHeadModel.generate` (sdpa attention, its own KV cache) at the same shape.
 Runs of the contenders alternate, so all see the same machine load. Targets: cached >= 3x uncached
@@ -74,8 +75,9 @@ def race(cfg: GPTConfig, batch: int, repeats: int) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per contender (after one warm-up)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = GPTConfig.preset("tiny", pos_emb="learned", activation="gelu_tanh")  # GPT-2's choices, the peer's
     print(f"greedy generation, {NEW_TOKENS} new tokens after {PROMPT}, tiny preset shape "

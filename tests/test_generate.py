@@ -178,9 +178,9 @@ def naive_greedy(model, ids, n, penalty=1.0):
 @pytest.mark.parametrize("pos_emb", ["sinusoidal", "learned", "rope"])
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_cache_equals_no_cache_past_the_context(pos_emb, norm):
-    model = tiny_model(vocab=300, context=32, pos_emb=pos_emb, norm=norm, seed=3)
+    model = tiny_model(vocab=300, context=16, pos_emb=pos_emb, norm=norm, seed=3)
     prompt = [5, 9, 1, 7, 30, 2]
-    n = 220  # far past context_length = 32: the window slides for 194 steps
+    n = 200  # far past context_length = 16: the window slides for 190 steps
     # A repetition penalty keeps a random model from settling on one token, so the test sees varied text.
     expected, expected_logits = naive_greedy(model, prompt, n, penalty=3.0)
     assert len(set(expected[100:])) > 20
@@ -196,11 +196,11 @@ def test_cache_equals_no_cache_past_the_context(pos_emb, norm):
         for end in range(len(prompt), len(seq)):
             if end == len(prompt) or cache.length == cache.max_len:
                 cache.reset()
-                logits = cached_forward(model, torch.tensor([seq[max(0, end - 32):end]]), cache)[:, -1]
+                logits = cached_forward(model, torch.tensor([seq[max(0, end - 16):end]]), cache)[:, -1]
             else:
                 logits = cached_forward(model, torch.tensor([[seq[end - 1]]]), cache)[:, -1]
             got_logits.append(logits[0])
-            want_logits.append(model(torch.tensor([seq[max(0, end - 32):end]]))[0, -1])
+            want_logits.append(model(torch.tensor([seq[max(0, end - 16):end]]))[0, -1])
     assert torch.allclose(torch.stack(got_logits), torch.stack(want_logits), atol=1e-4)
 
 

@@ -207,9 +207,12 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     >>> sample_next(torch.tensor([[0.0, 5.0, 1.0], [9.0, 0.0, 0.0]]), temperature=0)
     tensor([1, 0])
     """
+    if temperature == 0:  # greedy: the other filters cannot change the argmax, so skip them
+        check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
+        if repetition_penalty != 1.0 and seen is not None:
+            logits = apply_repetition_penalty(logits.float(), seen, repetition_penalty)
+        return logits.argmax(dim=-1)  # ties: the lowest id
     filtered = filter_logits(logits, temperature, top_k, top_p, min_p, repetition_penalty, seen)
-    if temperature == 0:
-        return filtered.argmax(dim=-1)
     return torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator).squeeze(-1)  # (B,)
 
 

@@ -90,9 +90,16 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T = x.size(-2)
-        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)  # (T, hd/2)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """`positions`: None for 0..T-1, or each token's position, (T,) or (B, T) (a KV cache, chapter 07)."""
+        if positions is None:
+            T = x.size(-2)
+            cos, sin = self.cos[:T], self.sin[:T]  # (T, hd/2)
+        else:
+            cos, sin = self.cos[positions], self.sin[positions]  # (T, hd/2) or (B, T, hd/2)
+            if positions.dim() == 2:
+                cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hd/2): the same angles for every head
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)  # 2 × (B, nh, T, hd/2)
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 

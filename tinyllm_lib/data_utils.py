@@ -96,7 +96,9 @@ def plot_loss_mask(tokenizer: BPETokenizer, x: torch.Tensor, y: torch.Tensor, ig
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    pieces = [tokenizer.decode([t]).replace("\n", "\\n") or "·" for t in x.tolist()]
+    tokens = [tokenizer.tokens[t] for t in x.tolist()]  # "▁word" pieces show where words start
+    pieces = [(t if isinstance(t, str) else t.decode("utf-8", "backslashreplace")).replace("\n", "\\n")
+              for t in tokens]
     rows = (len(pieces) + per_row - 1) // per_row
     ax = ax or plt.subplots(figsize=(per_row * 0.95, rows * 0.45 + 0.8))[1]
     for i, (piece, target) in enumerate(zip(pieces, y.tolist())):

@@ -80,6 +80,12 @@ BUGS = {
         "03_transformer_block.ipynb", "torch.sqrt(var + eps)", "torch.sqrt(var)", "my_layer_norm"),
     "layer norm with eps outside the square root": (
         "03_transformer_block.ipynb", "torch.sqrt(var + eps)", "(torch.sqrt(var) + eps)", "my_layer_norm"),
+    "answer mask one target too far": (
+        "08_custom_data.ipynb", "y[: prompt_len - 1] = ignore_index", "y[:prompt_len] = ignore_index",
+        "my_make_example"),
+    "token-F1 counting a repeated word once": (
+        "08_custom_data.ipynb", "shared = sum((Counter(pred) & Counter(ref)).values())",
+        "shared = len(set(pred) & set(ref))", "my_token_f1"),
 }
 
 

@@ -201,10 +201,12 @@ def test_time_budget_sizes_the_schedule_from_timed_steps(run_dir):
     assert cfg["max_iters"] % 10 == 0 and cfg["max_iters"] >= 20
     assert cfg["eval_interval"] == cfg["max_iters"] // 10
     assert cfg["warmup_iters"] <= cfg["max_iters"] // 10  # --warmup_iters 2 given; never more than a tenth
-    assert state["step"] == cfg["max_iters"]  # the whole planned schedule ran (or stopped at an evaluation)
+    # The whole planned schedule ran, or the budget ran out first and the run stopped at an evaluation.
+    if state["step"] != cfg["max_iters"]:
+        assert "stopping early" in out and state["step"] % cfg["eval_interval"] == 0, out
     evals = [json.loads(line)["step"] for line in (run_dir / "out" / "metrics.jsonl").read_text().splitlines()
              if "val_loss" in line]
-    assert evals[-1] == cfg["max_iters"]
+    assert evals[-1] == state["step"]
 
 
 def test_time_budget_plans_from_the_timings_it_measured(run_dir):

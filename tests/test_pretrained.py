@@ -315,7 +315,7 @@ def test_unreadable_bin_names_the_file(tmp_path, hf_folder):
     ({"activation_function": "gelu_fast"}, "activation_function"), ({"layer_norm_epsilon": 1e-6}, "layer_norm_epsilon"),
     ({"model_type": "llama"}, "model_type"), ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
     ({"resid_pdrop": 1.0}, "resid_pdrop"), ({"tie_word_embeddings": "yes"}, "tie_word_embeddings"),
-    ({"n_inner": -1}, "n_inner"),
+    ({"n_inner": -1}, "n_inner"), ({"activation_function": ["gelu"]}, "activation_function"),
 ])
 def test_bad_config_names_file_and_field(hf_folder, change, field):
     path = hf_folder / "config.json"
@@ -338,6 +338,13 @@ def test_missing_field_and_broken_json(hf_folder):
     path.write_text("[1, 2]")
     with pytest.raises(PretrainedError, match="expected a JSON object of fields, got a list"):
         load_gpt2(hf_folder)
+
+
+def test_old_config_with_n_ctx_only():
+    fields = {k: v for k, v in json.loads(GPT2_124M_CONFIG_JSON).items() if k != "n_positions"}
+    assert gpt2_config({**fields, "n_ctx": 512}).context_length == 512
+    with pytest.raises(PretrainedError, match="field 'n_positions' is missing"):
+        gpt2_config({k: v for k, v in fields.items() if k != "n_ctx"})
 
 
 def test_gpt2_small_config_and_shapes():

@@ -67,7 +67,7 @@ def gpt2_config(fields: Mapping, path: str | Path = "config.json") -> GPTConfig:
     if d_model % n_heads:
         raise PretrainedError(f"{path}: field 'n_embd' ({d_model}) must be divisible by field 'n_head' ({n_heads})")
     activation = get("activation_function", "gelu_new")
-    if activation not in GPT2_ACTIVATIONS:
+    if not isinstance(activation, str) or activation not in GPT2_ACTIVATIONS:
         raise PretrainedError(f"{path}: field 'activation_function' is {activation!r}; "
                               f"supported: {', '.join(GPT2_ACTIVATIONS)}")
     # Settings our model has no switch for: reproduce them exactly or refuse.
@@ -81,9 +81,9 @@ def gpt2_config(fields: Mapping, path: str | Path = "config.json") -> GPTConfig:
     tied = get("tie_word_embeddings", True)
     if not isinstance(tied, bool):
         raise PretrainedError(f"{path}: field 'tie_word_embeddings' must be true or false, got {tied!r}")
+    context_field = "n_ctx" if "n_ctx" in fields and "n_positions" not in fields else "n_positions"  # old files: n_ctx
     return GPTConfig(
-        vocab_size=positive_int("vocab_size"),
-        context_length=positive_int("n_positions" if "n_positions" in fields or "n_ctx" not in fields else "n_ctx"),
+        vocab_size=positive_int("vocab_size"), context_length=positive_int(context_field),
         d_model=d_model, n_layers=positive_int("n_layer"), n_heads=n_heads,
         d_ff=4 * d_model if get("n_inner", None) is None else positive_int("n_inner"),
         dropout=float(dropout), activation=GPT2_ACTIVATIONS[activation], pos_emb="learned", norm="pre",

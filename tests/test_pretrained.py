@@ -72,8 +72,8 @@ def random_hf_gpt2(n_layer=3, **overrides):
     """A tiny GPT2LMHeadModel whose every tensor matters: random LayerNorm affines and biases (a swapped
     or untransposed copy cannot pass) and large FFN weights (exact GELU and the tanh one differ there)."""
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_positions=CONTEXT, n_embd=48, n_layer=n_layer, n_head=4,
-                                  bos_token_id=0, eos_token_id=0, **overrides)
+    cfg = transformers.GPT2Config(**{**dict(vocab_size=VOCAB, n_positions=CONTEXT, n_embd=48, n_layer=n_layer, n_head=4,
+                                            bos_token_id=0, eos_token_id=0), **overrides})
     hf = transformers.GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():
         for name, p in hf.named_parameters():

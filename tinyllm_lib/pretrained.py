@@ -24,7 +24,6 @@ import math
 import os
 import re
 import struct
-import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path

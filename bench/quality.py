@@ -16,7 +16,11 @@ about a third of the budget (2.23 bits/char at best, 2.53 at the end of a 15-min
 
 The first steps are timed to size max_iters so that the warmup + cosine schedule ends with the budget.
 The final figure is the loss over the *whole* validation split (non-overlapping windows), converted to
-bits per character. Target: <= 2.5 bits/char (nanoGPT's CPU "baby GPT": 1.88 nats/char = 2.71 bits/char).
+bits per character. Target: <= 2.5 bits/char; exit status 1 if it is missed.
+
+The peer figure printed beside it, nanoGPT's CPU "baby GPT" (validation loss 1.88 nats/char = 2.71
+bits/char), is the one nanoGPT's README reports for a 2,000-step run of "about ~3 minutes" on a CPU,
+not for 15 minutes: it is not an equal-time comparison, and no 15-minute nanoGPT run is measured here.
 Writes the curve to <out_dir>/quality.png and the metrics to <out_dir>/metrics.jsonl.
 """
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -59,7 +64,7 @@ def full_validation_loss(model: torch.nn.Module, tokens, context_length: int, ba
     return total / len(x)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=15.0, help="training budget (default 15)")
     parser.add_argument("--out_dir", default="runs/quality", help="metrics.jsonl, checkpoints, quality.png")
@@ -111,13 +116,16 @@ def main() -> None:
 
     val_loss = full_validation_loss(trainer.raw_model, data.val, model_cfg.context_length)
     bpc = bits_per_char(val_loss, data.val_chars_per_token)
-    verdict = "PASS" if bpc <= TARGET_BPC else "FAIL"
+    verdict = "PASS" if bpc <= TARGET_BPC else "MISS"
     print(f"\ntrained {trainer.step} steps ({trainer.step * trainer.tokens_per_step:,} tokens) in {minutes:.1f} min")
     print(f"whole validation split ({len(data.val):,} tokens): {val_loss:.4f} nats/token = "
           f"{val_loss / data.val_chars_per_token:.4f} nats/char = {bpc:.3f} bits/char "
-          f"(target <= {TARGET_BPC}: {verdict}; nanoGPT CPU baby GPT: {1.88 / math.log(2):.2f})")
+          f"(target <= {TARGET_BPC}: {verdict})")
+    print(f"peer, not an equal-time run: nanoGPT's README reports {1.88 / math.log(2):.2f} bits/char for its CPU "
+          f"baby GPT after 2,000 steps, about 3 minutes of training (this run: {minutes:.1f} min)")
     print(f"curve: {Path(args.out_dir) / 'quality.png'}")
+    return 0 if bpc <= TARGET_BPC else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

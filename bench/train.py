@@ -9,13 +9,15 @@ the same cross-entropy, backward, gradient clipping at 1.0 and a fused AdamW upd
 `Trainer.train_step` itself (configured the GPT-2 way: learned positions, tanh GELU, biases, tied
 head; flash attention); the peer is `GPT2LMHeadModel` with attn_implementation="sdpa". Steps of
 the two alternate, so both see the same machine load; each figure is the median of the timed steps.
-Target: ours >= 1.0x the peer's tokens/s in fp32.
+Target: ours >= 1.0x the peer's tokens/s in fp32, on every model (PASS/MISS on each fp32 row; the
+bf16 rows are for information). Exit status 1 if a target is missed.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 
@@ -92,7 +94,14 @@ def race(cfg: GPTConfig, dtype_name: str, steps: int, warmup: int = 2) -> tuple[
     return tuple(BATCH * CONTEXT / statistics.median(times[name]) for name in ("ours", "peer"))
 
 
-def main() -> None:
+TARGET = 1.0  # ours / peer tokens per second, fp32
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=5, help="timed steps per row (after 2 warm-up steps)")
     args = parser.parse_args()
@@ -100,15 +109,21 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"training step, batch {BATCH} x {CONTEXT} tokens, CPU, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, peer: transformers GPT2LMHeadModel (sdpa)")
-    print(f"{'model':<12} {'params':>8} {'dtype':>5} {'ours tok/s':>11} {'HF tok/s':>10} {'ratio':>7}")
+    print(f"{'model':<12} {'params':>8} {'dtype':>5} {'ours tok/s':>11} {'HF tok/s':>10} {'ratio':>7}  target")
+    ok = True
     for label, shape in SHAPES.items():
         cfg = gpt2_way(shape)
         params = sum(p.numel() for p in peer_model(cfg).parameters())
         for dtype_name in ("fp32", "bf16"):
             mine, peer = race(cfg, dtype_name, args.steps)
-            print(f"{label:<12} {params / 1e6:7.2f}M {dtype_name:>5} {mine:11,.0f} {peer:10,.0f} {mine / peer:6.2f}x",
+            ratio = mine / peer
+            judged = f">= {TARGET:.1f}x {verdict(ratio >= TARGET)}" if dtype_name == "fp32" else "(no target)"
+            ok &= ratio >= TARGET or dtype_name != "fp32"
+            print(f"{label:<12} {params / 1e6:7.2f}M {dtype_name:>5} {mine:11,.0f} {peer:10,.0f} {ratio:6.2f}x  {judged}",
                   flush=True)
+    print("\nall targets met" if ok else "\nsome targets MISSED (see above)")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -154,3 +154,31 @@ def test_plot_attention_draws_one_map_per_head_with_labels():
     torch.testing.assert_close(torch.as_tensor(images[2].images[0].get_array()), weights[2])
     with pytest.raises(ValueError, match="2 token labels for a 4×4"):
         plot_attention(weights, ["a", "b"])
+
+
+# -- dropout on the attention weights --------------------------------------------------------------
+
+@pytest.mark.parametrize("flash", [True, False], ids=["flash", "from-scratch"])
+def test_attention_dropout_acts_in_training_only(flash):
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(d_model=16, n_heads=2, dropout=0.5, flash=flash)
+    attn.resid_drop = torch.nn.Identity()  # leave only the dropout on the attention weights
+    plain = MultiHeadAttention(d_model=16, n_heads=2, dropout=0.0, flash=flash)
+    plain.load_state_dict(attn.state_dict())
+    x = torch.randn(2, 6, 16)
+    train_1, train_2 = attn.train()(x)[0], attn(x)[0]
+    assert not torch.allclose(train_1, train_2)  # a fresh mask every pass
+    assert not torch.allclose(train_1, plain(x)[0])
+    eval_1, eval_2 = attn.eval()(x)[0], attn(x)[0]
+    torch.testing.assert_close(eval_1, eval_2)
+    torch.testing.assert_close(eval_1, plain.eval()(x)[0])  # evaluation: no dropout at all
+
+
+def test_from_scratch_dropout_zeroes_weights_and_rescales_the_rest():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 4, 8, 8).unbind(0)
+    _, weights = scaled_dot_product_attention(q, k, v, causal=True)
+    _, dropped = scaled_dot_product_attention(q, k, v, causal=True, dropout_p=0.25)
+    kept = dropped != 0
+    assert 0.6 < kept[weights != 0].float().mean() < 0.9  # about 75% of the weights survive
+    torch.testing.assert_close(dropped[kept], weights[kept] / 0.75)

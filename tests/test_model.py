@@ -166,17 +166,29 @@ def test_too_long_sequence_and_bad_shape_raise():
         model(torch.zeros(5, dtype=torch.long))
 
 
+def closed_form_params(V, T, C, L, F, tied=True, learned_pos=False):
+    """Parameters of a GPT with biases and LayerNorm, counted from the shapes on paper."""
+    per_block = (2 * C  # ln1: weight and bias
+                 + C * 3 * C + 3 * C  # qkv
+                 + C * C + C  # attention output projection
+                 + 2 * C  # ln2
+                 + C * F + F + F * C + C)  # FFN up and down
+    return V * C + L * per_block + 2 * C + (T * C if learned_pos else 0) + (0 if tied else V * C)
+
+
 def test_weight_tying_and_num_params():
     tied = GPT(small_config())
     untied = GPT(small_config(tie_weights=False))
-    assert tied.lm_head.weight is tied.tok_emb.weight
-    assert untied.num_params() - tied.num_params() == 50 * 32
-    by_hand = len({id(p): p for p in tied.parameters()})
-    assert by_hand == len(list(tied.parameters()))
-    assert tied.num_params() == sum(p.numel() for p in tied.parameters())
-    assert tied.num_params(non_embedding=True) == tied.num_params() - 50 * 32
     learned = GPT(small_config(pos_emb="learned", tie_weights=False))
-    assert learned.num_params(non_embedding=True) == learned.num_params() - 2 * 50 * 32 - 16 * 32
+    assert tied.lm_head.weight is tied.tok_emb.weight
+    # small_config: V=50, T=16, C=32, L=2, F=64; one block holds 8,544 parameters
+    assert closed_form_params(50, 16, 32, 2, 64) == 18_752
+    assert tied.num_params() == 18_752
+    assert untied.num_params() == closed_form_params(50, 16, 32, 2, 64, tied=False) == 18_752 + 50 * 32
+    assert learned.num_params() == closed_form_params(50, 16, 32, 2, 64, tied=False, learned_pos=True)
+    non_embedding = 2 * 8_544 + 2 * 32  # the blocks and the final LayerNorm
+    for model in (tied, untied, learned):
+        assert model.num_params(non_embedding=True) == non_embedding
 
 
 def test_gpt2_init_scales_residual_projections():

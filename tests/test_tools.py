@@ -4,6 +4,7 @@ Drift tests work on a copy of the repository in a temporary folder, so they neve
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -194,8 +195,8 @@ def test_notebook_has_no_widget_state_or_machine_paths(path: str):
 
 
 def test_ruff_is_clean():
-    ruff = shutil.which("ruff")
-    if ruff is None:
-        pytest.skip("ruff is not installed (pip install -e '.[dev]')")
+    # ruff is installed beside the interpreter (the venv's bin/ or Scripts\), which need not be on PATH
+    ruff = shutil.which("ruff", path=os.path.dirname(sys.executable)) or shutil.which("ruff")
+    assert ruff is not None, "ruff is not installed next to this Python: pip install -e '.[dev]'"
     result = subprocess.run([ruff, "check", "."], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

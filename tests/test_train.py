@@ -17,8 +17,8 @@ from tinyllm_lib.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from tinyllm_lib.data import prepare_data
-from tinyllm_lib.model import GPT, GPTConfig
+from tinyllm_lib.data import get_batch, prepare_data
+from tinyllm_lib.model import GPT, GPTConfig, lm_loss
 from tinyllm_lib.train import (
     TrainConfig,
     Trainer,
@@ -114,6 +114,31 @@ def test_accumulation_matches_one_big_batch(data, tmp_path):
     assert norm_small.item() == pytest.approx(norm_big.item(), rel=1e-4)
     for p, q in zip(big.raw_model.parameters(), small.raw_model.parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+def test_gradient_clipping_matches_clipping_by_hand(data, tmp_path):
+    """With a small grad_clip, AdamW receives the gradients scaled to that norm, as a hand clip gives.
+
+    After one step AdamW's first moment is exactly (1 - beta1) x the gradient it was given, so it
+    shows the clipped gradients (Adam's update itself hardly depends on their scale).
+    """
+    cfg, max_norm = model_cfg(data, dropout=0.0), 0.05
+    trainer = Trainer(cfg, train_cfg(tmp_path, grad_clip=max_norm, warmup_iters=0), data, device="cpu")
+    reference = GPT(cfg)
+    reference.load_state_dict(trainer.raw_model.state_dict())
+    same_batches = torch.Generator().set_state(trainer.sampler.get_state())
+    x, y = get_batch(data.train, trainer.cfg.batch_size, cfg.context_length, same_batches)
+    lm_loss(reference(x), y).backward()
+    grads = [p.grad for p in reference.parameters()]
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).item()
+    assert norm > 10 * max_norm  # the clip must bite for this test to mean anything
+    clipped = [g * (max_norm / (norm + 1e-6)) for g in grads]  # global norm max_norm, directions kept
+
+    _, grad_norm, _ = trainer.train_step()
+    assert grad_norm.item() == pytest.approx(norm, rel=1e-4)  # the norm reported is the one before clipping
+    beta1 = trainer.cfg.beta1
+    for p, g in zip(trainer.raw_model.parameters(), clipped, strict=True):
+        torch.testing.assert_close(trainer.optimizer.state[p]["exp_avg"], (1 - beta1) * g, rtol=1e-4, atol=1e-10)
 
 
 def test_training_lowers_the_loss_and_writes_its_files(data, tmp_path):

@@ -1,0 +1,109 @@
+"""The check cells of solutions/ catch wrong solutions, and a wrong solution fails the tests.
+
+Each case plants a plausible bug in one worked solution, runs the notebook's cells in order (in
+this process, with strict checks on, as conftest.py sets them for every notebook kernel) and
+expects the check cell of that exercise to raise. The last test runs a planted notebook the way CI
+does, under `pytest --nbval-lax`, and expects it to fail.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinyllm_lib.checks import STRICT_ENV, CheckFailed
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTIONS = ROOT / "solutions"
+
+if not SOLUTIONS.is_dir():  # a checkout of the library alone, without the course notebooks
+    pytest.skip("no solutions/ folder", allow_module_level=True)
+
+
+def code_cells(name: str) -> list[str]:
+    nb = json.loads((SOLUTIONS / name).read_text(encoding="utf-8"))
+    return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def run_until_failure(cells: list[str]) -> tuple[int, BaseException] | None:
+    """Execute cells in one namespace; (index, exception) of the first cell that raises, else None."""
+    namespace = {"__name__": "__main__"}
+    for i, source in enumerate(cells):
+        try:
+            exec(compile(source, f"<cell {i}>", "exec"), namespace)
+        except Exception as exc:
+            return i, exc
+    return None
+
+
+def plant(cells: list[str], old: str, new: str) -> tuple[list[str], int]:
+    """Replace `old` by `new` in the one cell holding it; return the cells and that cell's index."""
+    where = [i for i, source in enumerate(cells) if old in source]
+    assert len(where) == 1 and cells[where[0]].count(old) == 1, f"the bug site {old!r} is not unique"
+    planted = list(cells)
+    planted[where[0]] = cells[where[0]].replace(old, new)
+    return planted, where[0]
+
+
+STRING_REPLACE_MERGE = 'tuple(" ".join(word).replace(" ".join(pair), new).split())'
+
+BUGS = {
+    "attention without 1/sqrt(d)": (
+        "02_attention.ipynb", "return q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))",
+        "return q @ k.transpose(-2, -1)", "attention_scores"),
+    "warmup starting at (it+1)/warmup": (
+        "04_training_loop.ipynb", "return max_lr * it / warmup_iters", "return max_lr * (it + 1) / warmup_iters",
+        "lr_at"),
+    "learning rate off by a constant 9e-6": (
+        "04_training_loop.ipynb", "return min_lr + (max_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))",
+        "return min_lr + (max_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress)) + 9e-6", "lr_at"),
+    "merge by string replacement": (
+        "01_bpe.ipynb", "    out, i = [], 0\n", f"    return {STRING_REPLACE_MERGE}\n", "merge"),
+    "merge comparing concatenated symbols": (
+        "01_bpe.ipynb", "(word[i], word[i + 1]) == pair", "word[i] + word[i + 1] == pair[0] + pair[1]", "merge"),
+    "train merging by string replacement": (
+        "01_bpe.ipynb", "words = {merge(w, pair, pair[0] + pair[1]): f",
+        'words = {tuple(" ".join(w).replace(" ".join(pair), pair[0] + pair[1]).split()): f', "train"),
+    "layer norm without eps": (
+        "03_transformer_block.ipynb", "torch.sqrt(var + eps)", "torch.sqrt(var)", "my_layer_norm"),
+    "layer norm with eps outside the square root": (
+        "03_transformer_block.ipynb", "torch.sqrt(var + eps)", "(torch.sqrt(var) + eps)", "my_layer_norm"),
+}
+
+
+@pytest.mark.parametrize("bug", list(BUGS))
+def test_the_check_cell_catches_a_planted_bug(bug, monkeypatch, capsys):
+    notebook, old, new, exercise = BUGS[bug]
+    monkeypatch.setenv(STRICT_ENV, "1")
+    cells, planted_at = plant(code_cells(notebook), old, new)
+    failure = run_until_failure(cells)
+    assert failure is not None, f"{bug}: every check cell of solutions/{notebook} printed ✓"
+    where, exc = failure
+    assert isinstance(exc, CheckFailed), f"cell {where} raised {exc!r}, not a failed check"
+    assert str(exc).startswith(f"✗ {exercise} "), str(exc)
+    assert where > planted_at
+    assert f"✗ {exercise} " in capsys.readouterr().out  # what the learner reads
+
+
+def test_a_wrong_solution_fails_its_notebook_under_nbval(tmp_path):
+    """CI's view: `pytest --nbval-lax` on solutions/02 with the 1/√d removed fails, naming the check."""
+    nb = json.loads((SOLUTIONS / "02_attention.ipynb").read_text(encoding="utf-8"))
+    old, new = BUGS["attention without 1/sqrt(d)"][1:3]
+    sources = ["".join(c["source"]) for c in nb["cells"]]
+    assert sum(old in s for s in sources) == 1
+    for cell in nb["cells"]:
+        cell["source"] = "".join(cell["source"]).replace(old, new)
+    (tmp_path / "02_attention.ipynb").write_text(json.dumps(nb), encoding="utf-8")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # not the project's settings: no xdist, no testpaths
+    env = {**os.environ, STRICT_ENV: os.environ.get(STRICT_ENV, "")}  # as conftest.py left it
+    assert env[STRICT_ENV] == "1"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
+         "02_attention.ipynb"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "CheckFailed" in out and "attention_scores differs from the reference" in out, out
+    assert "1 failed" in out, out  # only the check cell of exercise 1

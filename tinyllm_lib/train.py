@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import math
-import os
 import random
 import shutil
 import signal
@@ -34,9 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from tinyllm_lib.checkpoint import (
@@ -49,6 +45,7 @@ from tinyllm_lib.checkpoint import (
 )
 from tinyllm_lib.corpus import DATA_DIR, DataFileError, load_corpus
 from tinyllm_lib.data import TokenData, atomic_write, get_batch, prepare_data
+from tinyllm_lib.distributed import Distributed, init_distributed, shutdown  # several processes: chapter 06
 from tinyllm_lib.env import bf16_supported, pick_device
 from tinyllm_lib.model import GPT, GPTConfig, lm_loss
 
@@ -139,7 +136,7 @@ class TrainingDiverged(RuntimeError):
 class TrainConfig:
     """How to train (the model's shape lives in GPTConfig). Field names are the CLI flags."""
 
-    batch_size: int = 32
+    batch_size: int = 32  # windows per micro-batch (under torchrun: shared among the processes)
     max_iters: int = 2000
     lr: float = 1e-3  # peak learning rate, reached after warmup
     min_lr: float = 1e-4  # where the cosine ends
@@ -178,36 +175,6 @@ class TrainConfig:
         dtype_name(self.dtype)  # raises on an unknown name
 
 
-@dataclass(frozen=True)
-class Distributed:
-    """Where this process sits in a torchrun job; the defaults describe a plain single process."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def master(self) -> bool:  # only rank 0 writes checkpoints, logs and plots
-        return self.rank == 0
-
-
-def init_distributed(device: str | None = None) -> tuple[Distributed, torch.device]:
-    """Read torchrun's RANK / LOCAL_RANK / WORLD_SIZE; without them, one process on pick_device()."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Distributed(), pick_device(device)
-    info = Distributed(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world_size)
-    if torch.cuda.is_available() and device in (None, "cuda"):
-        chosen = torch.device("cuda", info.local_rank)  # one GPU per process
-        torch.cuda.set_device(chosen)
-        backend = "nccl"
-    else:
-        chosen, backend = torch.device("cpu"), "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
-    return info, chosen
-
-
 class Trainer:
     """Model, optimizer, data sampler and random state; `fit()` trains, evaluates, logs, checkpoints.
 
@@ -224,6 +191,7 @@ class Trainer:
         if data.tokenizer.vocab_size > model_cfg.vocab_size:
             raise ValueError(f"the tokenizer has {data.tokenizer.vocab_size} tokens but the model's "
                              f"vocab_size is {model_cfg.vocab_size}")
+        self.batch_size = self.dist.shard_batch_size(cfg.batch_size)  # this process's windows per micro-batch
         # Each rank draws different batches and dropout masks; DDP copies rank 0's initial weights.
         seed = cfg.seed + self.dist.rank
         torch.manual_seed(seed)
@@ -238,14 +206,7 @@ class Trainer:
                                            enabled=self.dtype == torch.float16)
         self.model = torch.compile(self.raw_model) if cfg.compile else self.raw_model
         self.eval_model = self.model  # evaluation skips DDP's gradient hooks
-        if self.dist.world_size > 1:
-            # No buffer copy before each forward: the model's only buffers are constants (causal
-            # mask, rotary tables) that every rank builds identically. Newer torch names the option
-            # forward_sync_buffers (older: broadcast_buffers).
-            no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                       else "broadcast_buffers")
-            self.model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                             **{no_sync: False})
+        self.model = self.dist.wrap(self.model, self.device)  # DDP under torchrun (chapter 06)
         self.step = 0
         self.best_val_loss = math.inf
         self.last_eval_step = -1
@@ -258,7 +219,7 @@ class Trainer:
     @property
     def tokens_per_step(self) -> int:
         cfg = self.cfg
-        return cfg.batch_size * self.model_cfg.context_length * cfg.grad_accumulation_steps * self.dist.world_size
+        return cfg.batch_size * self.model_cfg.context_length * cfg.grad_accumulation_steps
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step over `grad_accumulation_steps` micro-batches: (loss, grad norm, lr).
@@ -271,12 +232,10 @@ class Trainer:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(k):
-            x, y = get_batch(self.data.train, cfg.batch_size, self.model_cfg.context_length,
+            x, y = get_batch(self.data.train, self.batch_size, self.model_cfg.context_length,
                              self.sampler, self.device, split="the training split")  # (B, T), (B, T)
             # Under DDP, average gradients across processes only once, on the last micro-batch.
-            last = micro == k - 1
-            sync = self.model.no_sync() if self.dist.world_size > 1 and not last else contextlib.nullcontext()
-            with sync:
+            with self.dist.no_sync(self.model, sync=micro == k - 1):
                 with autocast(self.device, self.dtype):
                     loss = lm_loss(self.model(x), y)  # (B, T, vocab) logits -> scalar
                 # Dividing by k makes the summed gradients the mean over all k micro-batches.
@@ -298,37 +257,30 @@ class Trainer:
 
         A fresh generator with a fixed seed draws the same batches every time (curves compare like
         with like) and leaves the training sampler's state alone (exact resume). Its seed is far
-        from `seed + rank`, the training samplers' seeds. Under DDP every rank draws the same
-        batches but evaluates only every world_size-th one; the sum over ranks is the same mean.
+        from `seed + rank`, the training samplers' seeds. Under torchrun every rank draws the same
+        batches but evaluates only its share of them; the sum over ranks is the same mean.
         """
         self.eval_model.eval()
         out = {}
-        world, rank = self.dist.world_size, self.dist.rank
         for split, tokens in (("train", self.data.train), ("val", self.data.val)):
             name = "the training split" if split == "train" else "the validation split"
             generator = torch.Generator().manual_seed(self.cfg.seed + EVAL_SEED_OFFSET)
             total = torch.zeros((), device=self.device)
             for i in range(self.cfg.eval_iters):
-                mine = i % world == rank
+                mine = self.dist.owns(i)
                 x, y = get_batch(tokens, self.cfg.batch_size, self.model_cfg.context_length, generator,
                                  self.device if mine else "cpu", split=name)
                 if mine:
                     with autocast(self.device, self.dtype):
                         total += lm_loss(self.eval_model(x), y).float()
-            if world > 1:
-                dist.all_reduce(total)
-            out[f"{split}_loss"] = total.item() / self.cfg.eval_iters
+            out[f"{split}_loss"] = self.dist.sum(total).item() / self.cfg.eval_iters
         self.eval_model.train()
         out["val_bpc"] = bits_per_char(out["val_loss"], self.data.val_chars_per_token)
         return out
 
     def state_dict(self) -> dict:
         """Everything exact resume needs; plain tensors, numbers, strings (weights_only=True loads it)."""
-        mine = rng_state(self.sampler, self.device)
-        rng = [mine]
-        if self.dist.world_size > 1:  # one entry per rank: each rank has its own streams
-            rng = [None] * self.dist.world_size
-            dist.all_gather_object(rng, mine)
+        rng = self.dist.gather(rng_state(self.sampler, self.device))  # one entry per rank: its own streams
         return {
             "version": CHECKPOINT_VERSION,
             "model": self.raw_model.state_dict(),
@@ -409,9 +361,7 @@ class Trainer:
         """
         stats = torch.stack([self._nonfinite.float(),
                              loss.detach().float() if loss is not None else torch.zeros((), device=self.device)])
-        if self.dist.world_size > 1:
-            dist.all_reduce(stats)
-        nonfinite, loss_sum = stats.tolist()
+        nonfinite, loss_sum = self.dist.sum(stats).tolist()
         if nonfinite:
             where = f"{self.last_good[0]} (step {self.last_good[1]})" if self.last_good else "none written yet"
             raise TrainingDiverged(f"the {what} became NaN or infinite by step {self.step}: training stopped. "
@@ -449,13 +399,9 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         """Ctrl-C seen? Under DDP, asked of all ranks together at log steps, so that they all stop."""
-        if self.dist.world_size == 1:
-            return self.interrupted
-        if self.step % self.cfg.log_interval:
+        if self.dist.world_size > 1 and self.step % self.cfg.log_interval:
             return False
-        flag = torch.tensor(float(self.interrupted), device=self.device)
-        dist.all_reduce(flag)
-        return flag.item() > 0
+        return self.dist.any(self.interrupted, self.device)
 
     def fit(self, until: int | None = None) -> list[dict]:
         """Train to `max_iters` (or stop at step `until`, as an interruption would), evaluating
@@ -527,7 +473,7 @@ MODEL_FLAGS = ("vocab_size", "context_length", "d_model", "n_layers", "n_heads",
 FLAG_HELP = {
     "vocab_size": "tokenizer size to train, and so the model's vocabulary", "context_length": "tokens per window",
     "d_model": "model width", "n_layers": "transformer blocks", "n_heads": "attention heads",
-    "d_ff": "feed-forward hidden size", "dropout": "dropout probability", "batch_size": "windows per micro-batch",
+    "d_ff": "feed-forward hidden size", "dropout": "dropout probability", "batch_size": "windows per micro-batch, all processes together",
     "max_iters": "optimizer steps", "lr": "peak learning rate", "min_lr": "learning rate at the end of the cosine",
     "warmup_iters": "linear warmup steps", "weight_decay": "AdamW weight decay (matrices only)",
     "beta1": "AdamW beta1", "beta2": "AdamW beta2", "grad_clip": "max global gradient norm, 0 = off",
@@ -643,19 +589,17 @@ def run(args: argparse.Namespace) -> dict:
     cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig()) if k != "out_dir"}, out_dir=args.out_dir)
     model_config_from_args(args, base=base)  # bad model flags fail here, before any data work
     info, device = init_distributed(args.device)
+    info.shard_batch_size(cfg.batch_size)  # a batch that does not split over the processes fails here
     resolve_dtype(cfg.dtype, device)
     if changed and info.master:
         print("changed: " + ", ".join(changed))
     text, name = read_text(args.data)
     vocab = args.vocab_size or GPTConfig.preset(args.config).vocab_size
-    if info.world_size > 1 and not info.master:
-        dist.barrier()  # let rank 0 train the tokenizer and write the token cache first
     try:
-        data = prepare_data(text, vocab, args.cache_dir, name=name)
+        with info.master_first():  # rank 0 trains the tokenizer and writes the token cache; the others read it
+            data = prepare_data(text, vocab, args.cache_dir, name=name)
     except ValueError as exc:  # e.g. a text too short to leave a validation split
         raise ValueError(f"--data {args.data or name}: {exc}") from exc
-    if info.world_size > 1 and info.master:
-        dist.barrier()
     model_cfg = model_config_from_args(args, vocab_size=data.tokenizer.vocab_size, base=base)
     for split, tokens in (("training", data.train), ("validation", data.val)):
         if len(tokens) <= model_cfg.context_length:
@@ -680,8 +624,7 @@ def run(args: argparse.Namespace) -> dict:
         figure.savefig(Path(args.out_dir) / "loss.png", dpi=100)
         print(f"done: validation {final['val_loss']:.4f} nats/token = {final['val_bpc']:.3f} bits/char; "
               f"checkpoints in {args.out_dir}/ (latest.pt, best.pt)")
-    if info.world_size > 1:
-        dist.barrier()  # leave together: a rank tearing the group down while another still works can abort
+    info.barrier()  # leave together: a rank tearing the group down while another still works can abort
     return final
 
 
@@ -691,14 +634,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except (ValueError, CheckpointError, DataFileError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc}\n")  # one write: under torchrun, ranks' messages never interleave
         return 2
     except TrainingDiverged as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         return 1
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown()
     return 0
 
 

@@ -1,0 +1,142 @@
+"""`use_mine` puts the learner's code inside the library for a real run, then restores the library."""
+
+import pytest
+import torch
+
+from tinyllm_lib import attention, bpe, model
+from tinyllm_lib.checks import CheckFailed, check
+from tinyllm_lib.model import GPT, Block, GPTConfig
+from tinyllm_lib.plugin import NotPluggedIn, use_mine
+
+SDPA = attention.scaled_dot_product_attention  # the library's, kept before any patch
+CFG = GPTConfig(vocab_size=50, context_length=16, d_model=32, n_layers=2, n_heads=4, d_ff=64, flash=False)
+
+
+def logits(cfg=CFG):
+    """A GPT's logits; weights far from their small initial values, so that every part shows."""
+    torch.manual_seed(0)
+    net = GPT(cfg).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.3)
+        return net(torch.arange(12).view(2, 6) % cfg.vocab_size)
+
+
+def test_a_module_function_is_replaced_counted_and_restored():
+    original = bpe.count_pairs
+    with use_mine(bpe, count_pairs=lambda words: {}) as plugged:
+        assert bpe.train_merges_naive([(0, 1)], ["a", "b"], 3) == []
+        assert plugged.calls == {"count_pairs": 1}
+    assert bpe.count_pairs is original
+    assert bpe.train_merges_naive([(0, 1)], ["a", "b"], 3) == [(0, 1)]
+
+
+def test_restored_after_an_error_inside_the_block():
+    original = attention.scaled_dot_product_attention
+
+    def broken(*args, **kwargs):
+        raise NotImplementedError
+
+    with pytest.raises(NotImplementedError), use_mine(attention, scaled_dot_product_attention=broken):
+        logits()
+    assert attention.scaled_dot_product_attention is original
+
+
+def test_the_learners_attention_reaches_the_model():
+    reference = logits()
+    seen = []
+
+    def mine(q, k, v, causal=False, dropout_p=0.0):
+        seen.append(q.shape)
+        return SDPA(q, k, v, causal, dropout_p)
+
+    with use_mine(attention, scaled_dot_product_attention=mine) as plugged:
+        got = logits()
+    assert plugged.calls["scaled_dot_product_attention"] == CFG.n_layers and len(seen) == CFG.n_layers
+    torch.testing.assert_close(got, reference)
+
+    def unscaled(q, k, v, causal=False, dropout_p=0.0):  # a wrong attention changes the logits
+        scores = (q @ k.transpose(-2, -1)).masked_fill(~attention.causal_mask(q.size(-2)), float("-inf"))
+        return scores.softmax(-1) @ v, None
+
+    with use_mine(attention, scaled_dot_product_attention=unscaled):
+        assert not torch.allclose(logits(), reference, atol=1e-4)
+
+
+def test_a_function_on_a_class_becomes_a_method():
+    reference = logits()
+
+    def my_forward(self, x, rotary=None, need_weights=False):
+        assert isinstance(self, Block)
+        a, weights = self.attn(self.ln1(x), rotary, need_weights)
+        x = x + a
+        return x + self.ffn(self.ln2(x)), weights
+
+    original = vars(Block)["forward"]
+    with use_mine(Block, forward=my_forward) as plugged:
+        got = logits()
+    assert plugged.calls == {"forward": CFG.n_layers}
+    assert vars(Block)["forward"] is original
+    torch.testing.assert_close(got, reference)
+
+
+def test_a_class_in_a_module_replaces_the_one_the_library_builds():
+    class Mine(attention.MultiHeadAttention):
+        pass
+
+    with use_mine(model, MultiHeadAttention=Mine) as plugged:
+        torch.manual_seed(0)
+        net = GPT(CFG)
+    assert plugged.calls == {"MultiHeadAttention": CFG.n_layers}
+    assert all(isinstance(b.attn, Mine) for b in net.blocks)
+    assert model.MultiHeadAttention is attention.MultiHeadAttention
+
+
+def test_an_inherited_attribute_is_removed_again_not_copied_onto_the_object():
+    block = Block(CFG)
+    with use_mine(block, extra_repr=lambda: "mine"):
+        assert block.extra_repr() == "mine"
+    assert "extra_repr" not in vars(block) and block.extra_repr() == ""
+
+
+def test_a_misspelt_name_is_an_error_that_suggests_the_right_one():
+    with pytest.raises(AttributeError, match=r"tinyllm_lib\.bpe has no 'merg' to replace \(did you mean 'merge'\?\)"):
+        with use_mine(bpe, merg=bpe.merge):
+            pass
+    with pytest.raises(TypeError, match="at least one"), use_mine(bpe):
+        pass
+
+
+def test_a_replacement_that_never_runs_is_reported():
+    with pytest.raises(NotPluggedIn, match=r"your my_merge never ran: nothing called tinyllm_lib\.bpe\.merge"):
+        def my_merge(word, pair, new):
+            return tuple(word)
+
+        with use_mine(bpe, merge=my_merge):
+            bpe.count_pairs({(0, 1): 1})
+    with use_mine(bpe, merge=my_merge, require_called=False) as plugged:
+        pass
+    assert plugged.calls == {"merge": 0}
+
+
+def test_with_check_a_wrong_function_fails_and_a_stub_is_not_written_yet(monkeypatch, capsys):
+    monkeypatch.setenv("TINYLLM_STRICT_CHECKS", "1")
+
+    def run_with(fn):
+        def run():
+            with use_mine(attention, scaled_dot_product_attention=fn):
+                return logits()
+        return run
+
+    def doubled(q, k, v, causal=False, dropout_p=0.0):
+        out, weights = SDPA(q, k, v, causal, dropout_p)
+        return 2 * out, weights
+
+    with pytest.raises(CheckFailed, match="your attention inside a GPT differs"):
+        check(run_with(doubled), reference=logits, cases=[()], name="your attention inside a GPT")
+
+    def stub(q, k, v, causal=False, dropout_p=0.0):
+        raise NotImplementedError
+
+    assert check(run_with(stub), reference=logits, cases=[()], name="your attention inside a GPT") is False
+    assert "not written yet" in capsys.readouterr().out

@@ -1,5 +1,9 @@
 """`use_mine` puts the learner's code inside the library for a real run, then restores the library."""
 
+import contextlib
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -140,3 +144,101 @@ def test_with_check_a_wrong_function_fails_and_a_stub_is_not_written_yet(monkeyp
 
     assert check(run_with(stub), reference=logits, cases=[()], name="your attention inside a GPT") is False
     assert "not written yet" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the plug-in cells of solutions/
+
+SOLUTIONS = Path(__file__).resolve().parents[1] / "solutions"
+
+# notebook -> (the plug-in check's name, {what is planted: source that redefines a learner function wrongly})
+PLANTED = {
+    "01_bpe.ipynb": ("your train + encode_word inside BPETokenizer", {
+        "merge by string replacement": 'def merge(word, pair, new):\n'
+                                       '    return tuple(" ".join(word).replace(" ".join(pair), new).split())\n',
+        "encode_word that merges nothing": "def encode_word(ids, merges):\n    return list(ids)\n",
+    }),
+    "02_attention.ipynb": ("your causal_attention inside a GPT", {
+        "attention without 1/sqrt(d)": "def causal_attention(q, k, v):\n"
+                                       "    scores = (q @ k.transpose(-2, -1)).masked_fill(~causal_mask(q.size(-2)), float('-inf'))\n"
+                                       "    return scores.softmax(-1) @ v\n",
+    }),
+    "03_transformer_block.ipynb": ("your pre_norm_block + gpt_forward inside a GPT", {
+        "block without the FFN's residual": "def pre_norm_block(block, x):\n"
+                                            "    x = x + block.attn(block.ln1(x))[0]\n"
+                                            "    return block.ffn(block.ln2(x))\n",
+        "forward without the final LayerNorm": "def gpt_forward(model, idx):\n"
+                                               "    x = model.tok_emb(idx) + model.pos_emb(torch.arange(idx.size(1)))\n"
+                                               "    for block in model.blocks:\n"
+                                               "        x, _ = block(x)\n"
+                                               "    return model.lm_head(x)\n",
+    }),
+    "05_mixed_precision.ipynb": ("my_activation_bytes against autograd", {
+        "the residual stream in the autocast dtype": (
+            "def my_activation_bytes(cfg, B, dtype):\n"
+            "    T, C, F, V = cfg.context_length, cfg.d_model, cfg.d_ff, cfg.vocab_size\n"
+            "    act = torch.finfo(dtype).bits // 8\n"
+            "    return cfg.n_layers * (8 * B * T * C + 2 * B * T * F) * act + B * T * C * 2 * act + B * T * V * 4\n"),
+    }),
+}
+STUBS = {"01_bpe.ipynb": "train", "02_attention.ipynb": "causal_attention",
+         "03_transformer_block.ipynb": "pre_norm_block", "05_mixed_precision.ipynb": "my_activation_bytes"}
+
+
+@pytest.fixture(scope="module")
+def solved():
+    """Each solutions notebook run once, in this process: (its namespace, its last code cell)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # the experiments plot
+    runs = {}
+    for name in PLANTED:
+        nb = json.loads((SOLUTIONS / name).read_text(encoding="utf-8"))
+        cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+        assert "use_mine" in cells[-1] or "measured_activation_bytes" in cells[-1], f"{name}: no plug-in cell last"
+        namespace = {"__name__": "__main__"}
+        for source in cells:
+            exec(compile(source, name, "exec"), namespace)
+        runs[name] = namespace, cells[-1]
+    return runs
+
+
+@contextlib.contextmanager
+def replaced_in(namespace: dict, source: str):
+    """Run `source` (a learner's redefinition) in the notebook's namespace; put the old names back after.
+
+    The same namespace, not a copy: the notebook's functions look their helpers up in it.
+    """
+    before = dict(namespace)
+    exec(source, namespace)
+    try:
+        yield
+    finally:
+        namespace.clear()
+        namespace.update(before)
+
+
+@pytest.mark.parametrize("notebook, bug", [(nb, bug) for nb, (_, bugs) in PLANTED.items() for bug in bugs])
+def test_a_wrong_learner_function_reaches_the_run_and_fails_the_plug_in_check(solved, notebook, bug, monkeypatch,
+                                                                              capsys):
+    monkeypatch.setenv("TINYLLM_STRICT_CHECKS", "1")
+    namespace, plug_cell = solved[notebook]
+    name, bugs = PLANTED[notebook]
+    with replaced_in(namespace, bugs[bug]):
+        with pytest.raises(CheckFailed, match=f"^✗ {re.escape(name)} (differs from the reference|raised)"):
+            exec(plug_cell, namespace)
+    assert f"✗ {name} " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("notebook", list(STUBS))
+def test_the_plug_in_cell_passes_with_the_solutions_and_says_not_written_yet_for_a_stub(solved, notebook, monkeypatch,
+                                                                                       capsys):
+    monkeypatch.setenv("TINYLLM_STRICT_CHECKS", "1")
+    namespace, plug_cell = solved[notebook]
+    name = PLANTED[notebook][0]
+    exec(plug_cell, namespace)
+    assert f"✓ correct: {name} matches the reference" in capsys.readouterr().out
+    with replaced_in(namespace, f"def {STUBS[notebook]}(*args, **kwargs):\n    raise NotImplementedError\n"):
+        exec(plug_cell, namespace)  # never raises, strict or not
+    assert f"not written yet: `{STUBS[notebook]}` still raises NotImplementedError" in capsys.readouterr().out

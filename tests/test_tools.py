@@ -5,6 +5,7 @@ Drift tests work on a copy of the repository in a temporary folder, so they neve
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -147,6 +148,24 @@ def test_exercise_generation_tags_stripped_cells_and_clears_outputs(repo: Path):
     assert "raise NotImplementedError" in "".join(second["source"]) and "return 0" not in "".join(second["source"])
 
 
+def test_a_value_exercise_gets_no_raise_so_a_right_answer_shows_only_the_tick(repo: Path, capfd):
+    """`answer = ...` then its solution block: the learner replaces `...`, and nothing raises."""
+    value_cell = "answer = ...  # replace ... with your expression\n### BEGIN SOLUTION\nanswer = 6 * 7\n### END SOLUTION\n"
+    check_cell = "from tinyllm_lib.checks import check_value\ncheck_value(answer, 42, 'the answer')\n"
+    write_notebook(repo / "solutions" / "98_demo.ipynb", [value_cell, check_cell])
+    assert run("exercises.py", cwd=repo).returncode == 0
+    stub, _ = json.loads((repo / "exercises" / "98_demo.ipynb").read_text())["cells"]
+    source = "".join(stub["source"])
+    assert source == "answer = ...  # replace ... with your expression\n"
+    assert "raises-exception" not in stub["metadata"].get("tags", [])
+    for learner_source, verdict in ((source, "✗ the answer: not answered yet"),
+                                    (source.replace("...", "6 * 7", 1), "✓ correct: the answer = 42")):
+        namespace = {}
+        exec(learner_source, namespace)  # the learner's cell: must not raise either way
+        exec(check_cell, namespace)
+        assert capfd.readouterr().out.strip() == verdict
+
+
 def test_editing_a_solution_without_regenerating_fails_the_check(repo: Path):
     write_notebook(repo / "solutions" / "98_demo.ipynb", _solution_cells(2))
     assert run("exercises.py", cwd=repo).returncode == 0
@@ -200,3 +219,15 @@ def test_ruff_is_clean():
     assert ruff is not None, "ruff is not installed next to this Python: pip install -e '.[dev]'"
     result = subprocess.run([ruff, "check", "."], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_course_speaks_for_itself_without_project_jargon():
+    """A learner has no 'seed' document or 'specification': the prose never refers to them."""
+    jargon = re.compile(r"(?i)\bthe seed\b|\bseed's\b|\bspecification\b|\bthe spec\b")
+    found = []
+    for folder in ("notebooks", "solutions", "exercises"):
+        for path in sorted((ROOT / folder).glob("*.ipynb")):
+            for number, cell in enumerate(json.loads(path.read_text(encoding="utf-8"))["cells"]):
+                if cell["cell_type"] == "markdown" and (m := jargon.search("".join(cell["source"]))):
+                    found.append(f"{folder}/{path.name}, cell {number}: {m.group()!r}")
+    assert not found, "\n".join(found)

@@ -142,18 +142,18 @@ def plot_attention(
     cols = min(n_heads, max_cols)
     rows = math.ceil(n_heads / cols)
     size = min(6.0, max(2.2, 0.9 + 0.16 * T))  # inches per map: room for the labels, within reason
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size + 0.8, rows * size), squeeze=False, layout="constrained")
     for h, ax in enumerate(axes.flat):
         if h >= n_heads:
             ax.axis("off")
             continue
-        ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
+        image = ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0.0, vmax=1.0)
         ax.set_xticks(range(T), tokens, rotation=90, fontsize=8)
         ax.set_yticks(range(T), tokens, fontsize=8)
         ax.set_title(f"head {h}", fontsize=10)
     axes[0, 0].set_ylabel("query (looking)")
     axes[-1, 0].set_xlabel("key (looked at)")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")  # one scale, 0 to 1, for every head
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig

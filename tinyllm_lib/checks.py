@@ -148,8 +148,12 @@ def check(
         expected = reference(*case)
         try:
             got = fn(*case)
-        except NotImplementedError:
-            print(f"✗ {name} is not written yet: replace `raise NotImplementedError` in the cell above")
+        except NotImplementedError as exc:
+            # Name the stub that is still there: in a plug-in cell it is one of several functions.
+            stub = traceback.extract_tb(exc.__traceback__)[-1].name
+            stub = f"`{stub}`" if stub.isidentifier() else "your code"
+            print(f"✗ {name} is not written yet: {stub} still raises NotImplementedError; "
+                  "replace that line with your code")
             return False
         except Exception as exc:  # the learner's bug: show it in words, not as a red traceback
             frame = traceback.extract_tb(exc.__traceback__)[-1]  # where it failed, in the learner's code or below

@@ -90,9 +90,16 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T = x.size(-2)
-        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)  # (T, hd/2)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """`positions`: None for 0..T-1, or each token's position, (T,) or (B, T) (a KV cache, chapter 07)."""
+        if positions is None:
+            T = x.size(-2)
+            cos, sin = self.cos[:T], self.sin[:T]  # (T, hd/2)
+        else:
+            cos, sin = self.cos[positions], self.sin[positions]  # (T, hd/2) or (B, T, hd/2)
+            if positions.dim() == 2:
+                cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hd/2): the same angles for every head
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)  # 2 × (B, nh, T, hd/2)
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
@@ -114,7 +121,7 @@ class GPTConfig:
     n_layers: int = 6
     n_heads: int = 6
     d_ff: int = 512  # hidden size of the feed-forward network
-    dropout: float = 0.0  # small data on a CPU: more steps help more than dropout
+    dropout: float = 0.0  # off by default; chapter 04 trains Tiny Shakespeare with 0.2, as small data is easy to memorise
     activation: str = "gelu"  # one of ACTIVATIONS
     pos_emb: str = "sinusoidal"  # one of POS_EMBS
     norm: str = "pre"  # "pre": x + f(LN(x)); "post": LN(x + f(x)) as in the 2017 Transformer

@@ -235,91 +235,15 @@ class BPETokenizer:
             return [self.tokens[i].decode("utf-8", errors="backslashreplace") for i in self.encode(text)]
         return [self.tokens[i] for i in self.encode(text)]
 
-    # -- files ---------------------------------------------------------------------------------
+    # -- files: the format and its checks are written out in section 12 ----------------------
     def to_dict(self) -> dict:
         """Everything needed to rebuild the tokenizer, as plain JSON types (what a checkpoint stores)."""
-        show = (lambda t: "".join(_BYTE_CHAR[b] for b in t)) if self.byte_level else (lambda t: t)
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "byte_level": self.byte_level,
-            "specials": dict(self.specials),
-            "roles": dict(self.roles),
-            "first_merge_id": self.first_merge_id,
-            "merges": [list(pair) for pair in self.merges],  # merge k: (left, right) -> first_merge_id + k
-            "vocab": [show(t) for t in self.tokens],  # id -> token
-        }
+        return _to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> BPETokenizer:
         """Rebuild from `to_dict()`; anything malformed raises ValueError naming the field and entry."""
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ValueError(f'not a tokenizer file: expected a JSON object with "format": "{FORMAT}"')
-        version = d.get("version")
-        if not isinstance(version, int) or version < 1:
-            raise ValueError(f"field 'version' must be a positive integer, got {version!r}")
-        if version > VERSION:
-            raise ValueError(f"format version {version} is newer than this library reads "
-                             f"(version {VERSION}): update tinyllm_lib")
-        missing = [k for k in ("byte_level", "specials", "roles", "first_merge_id", "merges", "vocab") if k not in d]
-        if missing:
-            raise ValueError(f"field {missing[0]!r} is missing")
-        byte_level, vocab, merges = d["byte_level"], d["vocab"], d["merges"]
-        specials, roles, first = d["specials"], d["roles"], d["first_merge_id"]
-        if not isinstance(byte_level, bool):
-            raise ValueError(f"field 'byte_level' must be true or false, got {byte_level!r}")
-        if not isinstance(vocab, list):
-            raise ValueError("field 'vocab' must be a list of token strings")
-        tokens: list = []
-        for i, t in enumerate(vocab):
-            if not isinstance(t, str) or not t:
-                raise ValueError(f"vocab[{i}]: expected a non-empty string, got {t!r}")
-            if byte_level:
-                bad = next((c for c in t if c not in _CHAR_BYTE), None)
-                if bad is not None:
-                    raise ValueError(f"vocab[{i}] = {t!r}: {bad!r} is not one of the 256 byte symbols")
-                t = bytes(_CHAR_BYTE[c] for c in t)
-            tokens.append(t)
-        n = len(tokens)
-        if not isinstance(specials, dict):
-            raise ValueError("field 'specials' must map token text to id")
-        for name, i in specials.items():
-            if not (isinstance(i, int) and 0 <= i < n and vocab[i] == name):
-                raise ValueError(f"specials[{name!r}] = {i!r}: expected the id of {name!r} in 'vocab'")
-        if not (isinstance(roles, dict) and set(roles) == set(ROLES)):
-            raise ValueError(f"field 'roles' must map each of {', '.join(ROLES)} to a special token id or null")
-        for r, i in roles.items():
-            if i is not None and i not in specials.values():
-                raise ValueError(f"roles[{r!r}] = {i!r}: not the id of a special token")
-        if not byte_level and roles["unk"] is None:  # encode turns an unseen character into this id
-            raise ValueError("roles['unk'] is null: the character flavour needs an <UNK> id for unseen characters")
-        if not (isinstance(first, int) and 0 <= first <= n):
-            raise ValueError(f"field 'first_merge_id' must be an id between 0 and {n}, got {first!r}")
-        if not isinstance(merges, list):
-            raise ValueError("field 'merges' must be a list of [left id, right id] pairs")
-        pairs = []
-        for k, pair in enumerate(merges):
-            new = first + k
-            if not (isinstance(pair, (list, tuple)) and len(pair) == 2
-                    and all(isinstance(i, int) and 0 <= i < new for i in pair)):
-                raise ValueError(f"merges[{k}] = {pair!r}: expected [left id, right id], both below {new}")
-            a, b = pair
-            if new >= n or tokens[new] != tokens[a] + tokens[b]:
-                raise ValueError(f"merges[{k}] = {pair!r}: vocab[{new}] should be "
-                                 f"{vocab[a] + vocab[b]!r}, found {vocab[new] if new < n else 'nothing'!r}")
-            pairs.append((a, b))
-        specials_ids = set(specials.values())
-        for i in [*range(first), *range(first + len(pairs), n)]:
-            if i not in specials_ids and len(tokens[i]) != 1:
-                raise ValueError(f"vocab[{i}] = {vocab[i]!r}: ids outside the merges must be single "
-                                 f"{'bytes' if byte_level else 'characters'} or special tokens")
-        singles = {tokens[i] for i in range(first) if i not in specials_ids}
-        if byte_level and len(singles) != 256:
-            raise ValueError(f"vocab: {256 - len(singles)} of the 256 byte values have no token")
-        tok = cls.__new__(cls)
-        tok.byte_level = byte_level
-        tok._set_state(tokens, dict(specials), pairs, first, dict(roles))
-        return tok
+        return _from_dict(cls, d)
 
     def save(self, path: str | Path) -> None:
         """Write the readable JSON file (`load` reads it back).
@@ -327,63 +251,164 @@ class BPETokenizer:
         Atomic: the text goes to a temporary file in the same folder, which then replaces `path`, so
         an interrupted save never leaves a half-written tokenizer behind.
         """
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: os.replace is atomic
-        try:
-            tmp.write_text(_dump(self.to_dict()), encoding="utf-8")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        _save(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> BPETokenizer:
         """Read a file written by `save`; errors name the file and what is wrong with it."""
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: not a tokenizer file: not valid UTF-8 JSON ({exc})") from None
-        try:
-            return cls.from_dict(d)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+        return _load(cls, path)
 
     @classmethod
     def from_gpt2(cls, encoder_json_path: str | Path, vocab_bpe_path: str | Path) -> BPETokenizer:
         """GPT-2's tokenizer from its published `encoder.json` and `vocab.bpe`: 50,257 ids, <|endoftext|> = 50256."""
-        enc_path, bpe_path = Path(encoder_json_path), Path(vocab_bpe_path)
-        try:
-            encoder = json.loads(enc_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{enc_path}: not GPT-2's encoder.json: not valid JSON ({exc})") from None
-        if not isinstance(encoder, dict) or sorted(encoder.values()) != list(range(len(encoder))):
-            raise ValueError(f"{enc_path}: not GPT-2's encoder.json: expected token -> ids 0..n-1, each once")
-        vocab = sorted(encoder, key=encoder.get)
-        try:
-            lines = bpe_path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{bpe_path}: not GPT-2's vocab.bpe: not valid UTF-8 ({exc})") from None
-        merges = []
-        for number, line in enumerate(lines, start=1):
-            if (number == 1 and line.startswith("#version")) or not line:
-                continue
-            parts = line.split(" ")
-            if len(parts) != 2 or not all(p in encoder for p in parts) or parts[0] + parts[1] not in encoder:
-                raise ValueError(f"{bpe_path}, line {number}: expected two tokens of {enc_path.name} "
-                                 f"separated by one space, whose join is a token too; got {line!r}")
-            merges.append([encoder[parts[0]], encoder[parts[1]]])
-        eot = "<|endoftext|>"
-        eot_id = encoder.get(eot)
-        first = encoder[vocab[merges[0][0]] + vocab[merges[0][1]]] if merges else len(vocab)
-        try:
-            return cls.from_dict({
-                "format": FORMAT, "version": VERSION, "byte_level": True,
-                "specials": {eot: eot_id} if eot_id is not None else {},
-                # GPT-2 starts and ends texts with <|endoftext|> and has no padding token: a pad id
-                # equal to EOS would make `lm_loss(..., ignore_index=tok.pad_id)` drop every EOS target.
-                "roles": {"pad": None, "unk": None, "bos": eot_id, "eos": eot_id},
-                "first_merge_id": first, "merges": merges, "vocab": vocab,
-            })
-        except ValueError as exc:
-            raise ValueError(f"{enc_path} and {bpe_path}: {exc}") from None
+        return _from_gpt2(cls, encoder_json_path, vocab_bpe_path)
+
+
+def _to_dict(tok: BPETokenizer) -> dict:
+    """The body of `BPETokenizer.to_dict`."""
+    show = (lambda t: "".join(_BYTE_CHAR[b] for b in t)) if tok.byte_level else (lambda t: t)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "byte_level": tok.byte_level,
+        "specials": dict(tok.specials),
+        "roles": dict(tok.roles),
+        "first_merge_id": tok.first_merge_id,
+        "merges": [list(pair) for pair in tok.merges],  # merge k: (left, right) -> first_merge_id + k
+        "vocab": [show(t) for t in tok.tokens],  # id -> token
+    }
+
+
+def _from_dict(cls: type[BPETokenizer], d: dict) -> BPETokenizer:
+    """The body of `BPETokenizer.from_dict`."""
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise ValueError(f'not a tokenizer file: expected a JSON object with "format": "{FORMAT}"')
+    version = d.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"field 'version' must be a positive integer, got {version!r}")
+    if version > VERSION:
+        raise ValueError(f"format version {version} is newer than this library reads "
+                         f"(version {VERSION}): update tinyllm_lib")
+    missing = [k for k in ("byte_level", "specials", "roles", "first_merge_id", "merges", "vocab") if k not in d]
+    if missing:
+        raise ValueError(f"field {missing[0]!r} is missing")
+    byte_level, vocab, merges = d["byte_level"], d["vocab"], d["merges"]
+    specials, roles, first = d["specials"], d["roles"], d["first_merge_id"]
+    if not isinstance(byte_level, bool):
+        raise ValueError(f"field 'byte_level' must be true or false, got {byte_level!r}")
+    if not isinstance(vocab, list):
+        raise ValueError("field 'vocab' must be a list of token strings")
+    tokens: list = []
+    for i, t in enumerate(vocab):
+        if not isinstance(t, str) or not t:
+            raise ValueError(f"vocab[{i}]: expected a non-empty string, got {t!r}")
+        if byte_level:
+            bad = next((c for c in t if c not in _CHAR_BYTE), None)
+            if bad is not None:
+                raise ValueError(f"vocab[{i}] = {t!r}: {bad!r} is not one of the 256 byte symbols")
+            t = bytes(_CHAR_BYTE[c] for c in t)
+        tokens.append(t)
+    n = len(tokens)
+    if not isinstance(specials, dict):
+        raise ValueError("field 'specials' must map token text to id")
+    for name, i in specials.items():
+        if not (isinstance(i, int) and 0 <= i < n and vocab[i] == name):
+            raise ValueError(f"specials[{name!r}] = {i!r}: expected the id of {name!r} in 'vocab'")
+    if not (isinstance(roles, dict) and set(roles) == set(ROLES)):
+        raise ValueError(f"field 'roles' must map each of {', '.join(ROLES)} to a special token id or null")
+    for r, i in roles.items():
+        if i is not None and i not in specials.values():
+            raise ValueError(f"roles[{r!r}] = {i!r}: not the id of a special token")
+    if not byte_level and roles["unk"] is None:  # encode turns an unseen character into this id
+        raise ValueError("roles['unk'] is null: the character flavour needs an <UNK> id for unseen characters")
+    if not (isinstance(first, int) and 0 <= first <= n):
+        raise ValueError(f"field 'first_merge_id' must be an id between 0 and {n}, got {first!r}")
+    if not isinstance(merges, list):
+        raise ValueError("field 'merges' must be a list of [left id, right id] pairs")
+    pairs = []
+    for k, pair in enumerate(merges):
+        new = first + k
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2
+                and all(isinstance(i, int) and 0 <= i < new for i in pair)):
+            raise ValueError(f"merges[{k}] = {pair!r}: expected [left id, right id], both below {new}")
+        a, b = pair
+        if new >= n or tokens[new] != tokens[a] + tokens[b]:
+            raise ValueError(f"merges[{k}] = {pair!r}: vocab[{new}] should be "
+                             f"{vocab[a] + vocab[b]!r}, found {vocab[new] if new < n else 'nothing'!r}")
+        pairs.append((a, b))
+    specials_ids = set(specials.values())
+    for i in [*range(first), *range(first + len(pairs), n)]:
+        if i not in specials_ids and len(tokens[i]) != 1:
+            raise ValueError(f"vocab[{i}] = {vocab[i]!r}: ids outside the merges must be single "
+                             f"{'bytes' if byte_level else 'characters'} or special tokens")
+    singles = {tokens[i] for i in range(first) if i not in specials_ids}
+    if byte_level and len(singles) != 256:
+        raise ValueError(f"vocab: {256 - len(singles)} of the 256 byte values have no token")
+    tok = cls.__new__(cls)
+    tok.byte_level = byte_level
+    tok._set_state(tokens, dict(specials), pairs, first, dict(roles))
+    return tok
+
+
+def _save(tok: BPETokenizer, path: str | Path) -> None:
+    """The body of `BPETokenizer.save`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: os.replace is atomic
+    try:
+        tmp.write_text(_dump(tok.to_dict()), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _load(cls: type[BPETokenizer], path: str | Path) -> BPETokenizer:
+    """The body of `BPETokenizer.load`."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a tokenizer file: not valid UTF-8 JSON ({exc})") from None
+    try:
+        return cls.from_dict(d)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _from_gpt2(cls: type[BPETokenizer], encoder_json_path: str | Path, vocab_bpe_path: str | Path) -> BPETokenizer:
+    """The body of `BPETokenizer.from_gpt2`."""
+    enc_path, bpe_path = Path(encoder_json_path), Path(vocab_bpe_path)
+    try:
+        encoder = json.loads(enc_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{enc_path}: not GPT-2's encoder.json: not valid JSON ({exc})") from None
+    if not isinstance(encoder, dict) or sorted(encoder.values()) != list(range(len(encoder))):
+        raise ValueError(f"{enc_path}: not GPT-2's encoder.json: expected token -> ids 0..n-1, each once")
+    vocab = sorted(encoder, key=encoder.get)
+    try:
+        lines = bpe_path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{bpe_path}: not GPT-2's vocab.bpe: not valid UTF-8 ({exc})") from None
+    merges = []
+    for number, line in enumerate(lines, start=1):
+        if (number == 1 and line.startswith("#version")) or not line:
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2 or not all(p in encoder for p in parts) or parts[0] + parts[1] not in encoder:
+            raise ValueError(f"{bpe_path}, line {number}: expected two tokens of {enc_path.name} "
+                             f"separated by one space, whose join is a token too; got {line!r}")
+        merges.append([encoder[parts[0]], encoder[parts[1]]])
+    eot = "<|endoftext|>"
+    eot_id = encoder.get(eot)
+    first = encoder[vocab[merges[0][0]] + vocab[merges[0][1]]] if merges else len(vocab)
+    try:
+        return cls.from_dict({
+            "format": FORMAT, "version": VERSION, "byte_level": True,
+            "specials": {eot: eot_id} if eot_id is not None else {},
+            # GPT-2 starts and ends texts with <|endoftext|> and has no padding token: a pad id
+            # equal to EOS would make `lm_loss(..., ignore_index=tok.pad_id)` drop every EOS target.
+            "roles": {"pad": None, "unk": None, "bos": eot_id, "eos": eot_id},
+            "first_merge_id": first, "merges": merges, "vocab": vocab,
+        })
+    except ValueError as exc:
+        raise ValueError(f"{enc_path} and {bpe_path}: {exc}") from None

@@ -12,8 +12,20 @@ becomes, at the marker's indentation,
         # YOUR CODE HERE
         raise NotImplementedError
 
-All outputs are cleared. A cell that lost a solution block is tagged `raises-exception`, so
-the exercise notebook still runs under nbval while the learner has not filled it in.
+A value exercise (an answer, not a function) is written as a stub line `name = ...` followed by
+its solution block at the same indentation:
+
+    n_params = ...  # replace ... with your expression
+    ### BEGIN SOLUTION
+    n_params = 64 * 64
+    ### END SOLUTION
+
+There the block is simply removed: the learner replaces `...`, and the check cell says "not
+answered yet" while `...` is left, with no traceback before the ✓ once it is right.
+
+All outputs are cleared. A cell that received a `raise NotImplementedError` stub is tagged
+`raises-exception`, so the exercise notebook still runs under nbval while the learner has not
+filled it in.
 `#| export` is refused in both folders: a learner's stub must never reach the library.
 
 Usage:
@@ -37,6 +49,7 @@ SOLUTIONS = ROOT / "solutions"
 EXERCISES = ROOT / "exercises"
 BEGIN = re.compile(r"^(\s*)### BEGIN SOLUTION\s*$")
 END = re.compile(r"^\s*### END SOLUTION\s*$")
+VALUE_STUB = re.compile(r"^(\s*)[A-Za-z_]\w*\s*=\s*\.\.\.\s*(#.*)?$")  # `answer = ...  # comment`
 EXPORT = re.compile(r"^#\|\s*(export|default_exp)\b")
 RAISES_TAG = "raises-exception"
 
@@ -46,10 +59,12 @@ class MarkerError(Exception):
 
 
 def strip_solutions(source: str, where: str) -> tuple[str, int]:
-    """Replace every solution block; return the new source and how many blocks there were.
+    """Replace every solution block; return the new source and how many `raise` stubs it received.
 
     >>> strip_solutions("def f():\\n    ### BEGIN SOLUTION\\n    return 1\\n    ### END SOLUTION\\n", "x")[0]
     'def f():\\n    # YOUR CODE HERE\\n    raise NotImplementedError\\n'
+    >>> strip_solutions("x = ...  # your answer\\n### BEGIN SOLUTION\\nx = 4\\n### END SOLUTION\\n", "x")
+    ('x = ...  # your answer\\n', 0)
     """
     out, indent, blocks = [], None, 0
     for number, line in enumerate(source.splitlines(keepends=True), start=1):
@@ -57,6 +72,9 @@ def strip_solutions(source: str, where: str) -> tuple[str, int]:
             if indent is not None:
                 raise MarkerError(f"{where}: nested `### BEGIN SOLUTION` at line {number}")
             indent = m.group(1)
+            stub = VALUE_STUB.match(out[-1]) if out else None
+            if stub and stub.group(1) == indent:  # a value exercise: the `name = ...` line is the stub
+                continue
             blocks += 1
             out.append(f"{indent}# YOUR CODE HERE\n{indent}raise NotImplementedError\n")
         elif END.match(line):

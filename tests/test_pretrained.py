@@ -474,3 +474,40 @@ def test_real_gpt2_small_when_cached():
     with torch.no_grad():
         logits = model(torch.tensor([tok.encode("One, two, three, four,")]))
     assert tok.decode([logits[0, -1].argmax().item()]) == " five"
+
+
+# ---- generation (chapter 07) ----------------------------------------------------------------------------
+
+def test_greedy_tokens_match_hugging_face_generate(tmp_path):
+    """50 greedy tokens, with and without chapter 07's KV cache, equal to Hugging Face's `generate`."""
+    from tinyllm_lib.generate import generate_ids
+
+    hf = random_hf_gpt2(n_positions=64)  # room for the prompt and 50 new tokens
+    with torch.no_grad():
+        hf.transformer.wpe.weight.normal_(0, 0.5)  # large positions: the greedy text keeps changing
+    hf.generation_config.eos_token_id = None  # all 50 tokens, no end-of-text stop
+    hf.save_pretrained(tmp_path / "gen")
+    ours = load_gpt2(tmp_path / "gen")
+    prompt = torch.randint(0, VOCAB, (8,), generator=torch.Generator().manual_seed(3)).tolist()
+    theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=50, do_sample=False, pad_token_id=0)[0, 8:].tolist()
+    assert len(theirs) == 50 and len(set(theirs)) > 10  # not one token repeated: a real test
+    for use_cache in (True, False):
+        assert generate_ids(ours, prompt, 50, temperature=0, use_cache=use_cache)[0] == theirs, use_cache
+
+
+def test_generate_cli_with_a_pretrained_folder(tmp_path, capsys):
+    """`python -m tinyllm_lib.generate --pretrained <folder>`: a GPT-2-shaped model with GPT-2's vocabulary."""
+    from tinyllm_lib.generate import main
+
+    try:
+        pretrained.gpt2_tokenizer()
+    except DataFileError as exc:
+        pytest.skip(f"GPT-2's tokenizer files are not available offline here: {exc}")
+    torch.manual_seed(0)
+    cfg = gpt2_config({"vocab_size": 50257, "n_positions": 32, "n_embd": 8, "n_layer": 1, "n_head": 2})
+    save_gpt2(GPT(cfg), tmp_path / "small")
+    assert main(["--pretrained", str(tmp_path / "small"), "--prompt", "Hello", "--max_tokens", "5", "--seed", "0",
+                 "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("Hello")
+    assert main(["--pretrained", "gpt-5", "--max_tokens", "1", "--device", "cpu"]) == 2
+    assert "gpt-5: neither a folder nor a known checkpoint" in capsys.readouterr().err

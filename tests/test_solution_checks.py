@@ -86,6 +86,15 @@ BUGS = {
     "token-F1 counting a repeated word once": (
         "08_custom_data.ipynb", "shared = sum((Counter(pred) & Counter(ref)).values())",
         "shared = len(set(pred) & set(ref))", "my_token_f1"),
+    "Conv1D weight copied without the transpose": (
+        "10_gpt2.ipynb", "linear.weight.copy_(weight.T)", "linear.weight.copy_(weight.reshape(weight.T.shape))",
+        "linear_from_conv1d"),
+    "fused q|k|v split into heads without the transpose": (
+        "10_gpt2.ipynb", "t.view(B, T, n_heads, C // n_heads).transpose(1, 2)", "t.reshape(B, n_heads, T, C // n_heads)",
+        "qkv_heads"),
+    "safetensors offsets counted from the start of the file": (
+        "10_gpt2.ipynb", "data = bytearray(raw[8 + n + begin : 8 + n + end])", "data = bytearray(raw[begin:end])",
+        "read_tensor"),
 }
 
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from tinyllm_lib.attention import merge_heads, split_heads
 from tinyllm_lib.checkpoint import CheckpointError, model_from_checkpoint
+from tinyllm_lib.corpus import DataFileError
 from tinyllm_lib.env import pick_device
 from tinyllm_lib.model import GPT
 from tinyllm_lib.tokenizer import BPETokenizer
@@ -668,6 +669,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tinyllm_lib.generate",
                                 description="Write text with a trained TinyLLM checkpoint; it streams as it is written.")
     p.add_argument("--checkpoint", default="checkpoints/best.pt", help="a checkpoint the trainer wrote")
+    p.add_argument("--pretrained", default=None, metavar="NAME_OR_FOLDER",
+                   help="GPT-2's weights instead of a checkpoint (chapter 10): 'gpt2' (downloaded once) "
+                        "or a folder holding config.json and model.safetensors")
     p.add_argument("--prompt", default="", help="text to continue (empty: start from <BOS>)")
     p.add_argument("--max_tokens", type=int, default=300, help="new tokens at most (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; < 1 sharper, > 1 flatter")
@@ -690,7 +694,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"max_tokens={args.max_tokens} is out of range: max_tokens must be an integer >= 0")
         if args.num_samples < 1:
             raise ValueError(f"num_samples={args.num_samples} is out of range: num_samples must be an integer >= 1")
-        model, tokenizer = load_model(args.checkpoint, args.device)
+        if args.pretrained:
+            from tinyllm_lib.pretrained import gpt2_tokenizer, load_gpt2  # chapter 10
+
+            model, tokenizer = load_gpt2(args.pretrained, pick_device(args.device)), gpt2_tokenizer()
+        else:
+            model, tokenizer = load_model(args.checkpoint, args.device)
         for i in range(args.num_samples):
             if args.num_samples > 1:
                 print(f"--- sample {i + 1} of {args.num_samples} ---")
@@ -701,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
                                 seed=None if args.seed is None else args.seed + i):
                 print(piece, end="", flush=True)
             print()
-    except (ValueError, CheckpointError) as exc:
+    except (ValueError, CheckpointError, DataFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,7 +14,8 @@ time budget):
 Dropout 0.2 matters: without it this model memorises the 1 MB corpus and validation loss turns up after
 about a third of the budget (2.23 bits/char at best, 2.53 at the end of a 15-minute run).
 
-The first steps are timed to size max_iters so that the warmup + cosine schedule ends with the budget.
+The first steps are timed to size max_iters so that the warmup + cosine schedule ends with the budget
+(`tinyllm_lib.train.fit_time_budget`, what the command line's `--time_budget MINUTES` does).
 The final figure is the loss over the *whole* validation split (non-overlapping windows), converted to
 bits per character. Target: <= 2.5 bits/char; exit status 1 if it is missed.
 
@@ -27,7 +28,6 @@ Writes the curve to <out_dir>/quality.png and the metrics to <out_dir>/metrics.j
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 import time
@@ -39,7 +39,14 @@ from matplotlib.figure import Figure
 from tinyllm_lib.corpus import DATA_DIR, load_corpus
 from tinyllm_lib.data import prepare_data
 from tinyllm_lib.model import GPTConfig, lm_loss
-from tinyllm_lib.train import TrainConfig, Trainer, bits_per_char, plot_metrics
+from tinyllm_lib.train import (
+    BUDGET_PLACEHOLDER_ITERS,
+    TrainConfig,
+    Trainer,
+    bits_per_char,
+    fit_time_budget,
+    plot_metrics,
+)
 
 RECOMMENDED = {
     "model": dict(d_model=128, n_layers=4, n_heads=4, d_ff=512, context_length=128, dropout=0.2),
@@ -47,7 +54,6 @@ RECOMMENDED = {
     "train": dict(batch_size=16, lr=2e-3, min_lr=2e-4, warmup_iters=100, dtype="float32", eval_iters=10),
 }
 TARGET_BPC = 2.5
-PROBE_STEPS = 20
 
 
 @torch.no_grad()
@@ -72,38 +78,18 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    deadline = start + args.minutes * 60
 
     data = prepare_data(load_corpus("tinyshakespeare"), RECOMMENDED["vocab_size"], DATA_DIR / "cache",
                         name="tinyshakespeare")
     model_cfg = GPTConfig.preset("tiny", vocab_size=data.tokenizer.vocab_size, **RECOMMENDED["model"])
-    cfg = TrainConfig(max_iters=10**9, out_dir=args.out_dir, **RECOMMENDED["train"])
+    cfg = TrainConfig(max_iters=BUDGET_PLACEHOLDER_ITERS, out_dir=args.out_dir, **RECOMMENDED["train"])
     trainer = Trainer(model_cfg, cfg, data, device="cpu")
     print(f"Tiny Shakespeare, BPE {data.tokenizer.vocab_size} ({data.val_chars_per_token:.2f} chars/token), "
           f"model {trainer.raw_model.num_params():,} parameters, {args.threads} threads, budget {args.minutes:g} min")
     print("settings:", {**RECOMMENDED["model"], "vocab_size": RECOMMENDED["vocab_size"], **RECOMMENDED["train"]})
 
-    # Time the first steps (they are the start of the warmup, so they count), then size the schedule.
-    for i in range(PROBE_STEPS):
-        if i == 5:  # the first steps are slower (memory allocation, kernel selection): not timed
-            t0 = time.perf_counter()
-        trainer.train_step()
-    step_time = (time.perf_counter() - t0) / (PROBE_STEPS - 5)
-    t0 = time.perf_counter()
-    trainer.evaluate()
-    eval_time = time.perf_counter() - t0
-    # Keep time for ten evaluations and the final pass over the validation split (about three more).
-    left = deadline - time.perf_counter() - 13 * eval_time
-    max_iters = max(10, (PROBE_STEPS + int(left / step_time)) // 10 * 10)  # a multiple of the 10 evaluations
-    trainer.cfg = dataclasses.replace(trainer.cfg, max_iters=max_iters, eval_interval=max_iters // 10,
-                                      warmup_iters=min(cfg.warmup_iters, max_iters // 10))
-    print(f"{step_time * 1000:.0f} ms/step and {eval_time:.1f} s/evaluation measured -> max_iters = {max_iters}")
-
-    for k in range(1, 11):  # ten chunks, each ending with an evaluation and a checkpoint
-        trainer.fit(until=k * max_iters // 10)
-        if time.perf_counter() > deadline and k < 10:
-            print(f"time budget used up after step {trainer.step} of {max_iters}: stopping early")
-            break
+    # Timed first steps size the warmup + cosine schedule to end with the budget (the train CLI's --time_budget).
+    fit_time_budget(trainer, args.minutes, start=start)
     minutes = (time.perf_counter() - start) / 60
 
     print(f"\n{'step':>6} {'train loss':>11} {'val loss':>9} {'val bits/char':>14}")

@@ -60,6 +60,15 @@ BUGS = {
     "learning rate off by a constant 9e-6": (
         "04_training_loop.ipynb", "return min_lr + (max_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))",
         "return min_lr + (max_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress)) + 9e-6", "lr_at"),
+    "training step without zero_grad": (
+        "04_training_loop.ipynb", "    optimizer.zero_grad(set_to_none=True)\n    return loss.item()\n    ### END SOLUTION",
+        "    return loss.item()\n    ### END SOLUTION", "training_step"),
+    "training step clipping after the update": (
+        "04_training_loop.ipynb",
+        "    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)\n    optimizer.step()\n"
+        "    optimizer.zero_grad(set_to_none=True)\n    return loss.item()\n    ### END SOLUTION",
+        "    optimizer.step()\n    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)\n"
+        "    optimizer.zero_grad(set_to_none=True)\n    return loss.item()\n    ### END SOLUTION", "training_step"),
     "merge by string replacement": (
         "01_bpe.ipynb", "    out, i = [], 0\n", f"    return {STRING_REPLACE_MERGE}\n", "merge"),
     "merge comparing concatenated symbols": (
@@ -101,6 +110,21 @@ def test_the_check_cell_catches_a_planted_bug(bug, monkeypatch, capsys):
     assert str(exc).startswith(f"✗ {exercise} "), str(exc)
     assert where > planted_at
     assert f"✗ {exercise} " in capsys.readouterr().out  # what the learner reads
+
+
+def test_the_plug_in_cell_of_04_catches_a_wrong_training_step_on_its_own(monkeypatch, capsys):
+    """Without exercise 7's check, a training step that never clears its gradients still fails: inside
+    the Trainer, its loss curve leaves the reference's."""
+    monkeypatch.setenv(STRICT_ENV, "1")
+    old, new = BUGS["training step without zero_grad"][1:3]
+    cells, _ = plant(code_cells("04_training_loop.ipynb"), old, new)
+    own_check = [i for i, source in enumerate(cells) if 'name="training_step"' in source]
+    assert len(own_check) == 1
+    cells[own_check[0]] = "pass"
+    failure = run_until_failure(cells)
+    assert failure is not None and isinstance(failure[1], CheckFailed), failure
+    assert str(failure[1]).startswith("✗ your schedule, clipping and training step inside the Trainer"), failure
+    assert "use_mine(Trainer, train_step=step_with_mine)" in cells[failure[0]]
 
 
 def test_a_wrong_solution_fails_its_notebook_under_nbval(tmp_path):

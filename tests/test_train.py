@@ -366,3 +366,19 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
     assert trainer.step <= 8  # stopped at the next check, not at the end
     assert (tmp_path / "latest.pt").read_bytes() == good
     assert load_checkpoint(tmp_path / "latest.pt")["step"] == 6
+
+
+def test_shakespeare_checkpoint_trains_once_then_returns_the_saved_model(tmp_path):
+    from tinyllm_lib.checkpoint import CheckpointError, model_from_checkpoint
+    from tinyllm_lib.train import shakespeare_checkpoint
+
+    best = shakespeare_checkpoint(quick=True, root=tmp_path)
+    assert best == tmp_path / "checkpoints" / "shakespeare-quick" / "best.pt" and best.is_file()
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))  # the run appeared in one rename
+    model, tokenizer = model_from_checkpoint(best)
+    assert model.config.vocab_size == tokenizer.vocab_size == 256
+    written = best.stat().st_mtime_ns
+    assert shakespeare_checkpoint(quick=True, root=tmp_path) == best and best.stat().st_mtime_ns == written
+    (tmp_path / "other" / "checkpoints" / "shakespeare-quick").mkdir(parents=True)  # a folder without best.pt
+    with pytest.raises(CheckpointError, match="holds no best.pt"):
+        shakespeare_checkpoint(quick=True, root=tmp_path / "other")

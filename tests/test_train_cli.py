@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -171,3 +172,72 @@ def test_two_processes_under_torchrun(run_dir):
     assert state["step"] == 3 and len(state["rng"]) == 2  # one random state per rank
     assert not torch.equal(state["rng"][0]["sampler"], state["rng"][1]["sampler"])  # different batches
     assert done.stdout.count("done: validation") == 1  # rank 0 reports, rank 1 stays quiet
+
+
+def test_warmup_not_given_shrinks_to_a_tenth_of_a_short_run(run_dir, capsys):
+    no_warmup = [a for i, a in enumerate(TINY) if "--warmup_iters" not in TINY[max(i - 1, 0):i + 1]]
+    assert "--warmup_iters" not in no_warmup and len(no_warmup) == len(TINY) - 2
+    base = ["--data", str(run_dir / "play.txt"), "--cache_dir", str(run_dir / "cache"), *no_warmup]
+    assert main([*base, "--out_dir", str(run_dir / "short"), "--max_iters", "30"]) == 0  # default 100 > 30
+    assert load_checkpoint(run_dir / "short" / "latest.pt")["train_config"]["warmup_iters"] == 3
+    capsys.readouterr()
+    # A warmup the user asked for is theirs: too long for the run, it is refused, naming the flag.
+    assert main([*base, "--out_dir", str(run_dir / "given"), "--max_iters", "30", "--warmup_iters", "100"]) == 2
+    assert "--warmup_iters" in capsys.readouterr().err
+    assert not (run_dir / "given").exists()
+
+
+def test_time_budget_sizes_the_schedule_from_timed_steps(run_dir):
+    # A budget of 3 seconds: the 20 timed probe steps already spend it, so the plan is the shortest run,
+    # the probe steps rounded up to the ten evaluations. The schedule must still be complete and consistent.
+    # From a terminal, as a user runs it: the flag must reach code defined anywhere in the module.
+    done = subprocess.run([sys.executable, "-m", "tinyllm_lib.train", *args(run_dir, "--time_budget", "0.05")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "time budget 0.05 min:" in out and "ms/step" in out and "-> max_iters" in out
+    state = load_checkpoint(run_dir / "out" / "latest.pt")
+    cfg = state["train_config"]
+    assert cfg["max_iters"] % 10 == 0 and cfg["max_iters"] >= 20
+    assert cfg["eval_interval"] == cfg["max_iters"] // 10
+    assert cfg["warmup_iters"] <= cfg["max_iters"] // 10  # --warmup_iters 2 given; never more than a tenth
+    # The whole planned schedule ran, or the budget ran out first and the run stopped at an evaluation.
+    if state["step"] != cfg["max_iters"]:
+        assert "stopping early" in out and state["step"] % cfg["eval_interval"] == 0, out
+    evals = [json.loads(line)["step"] for line in (run_dir / "out" / "metrics.jsonl").read_text().splitlines()
+             if "val_loss" in line]
+    assert evals[-1] == state["step"]
+
+
+def test_time_budget_plans_from_the_timings_it_measured(run_dir):
+    """plan_time_budget: a long budget gives as many steps as the measured step time allows."""
+    from tinyllm_lib.data import prepare_data
+    from tinyllm_lib.model import GPTConfig
+    from tinyllm_lib.train import BUDGET_PLACEHOLDER_ITERS, TrainConfig, Trainer, plan_time_budget
+
+    data = prepare_data(TEXT, 90, run_dir / "cache", name="play")
+    model_cfg = GPTConfig.preset("tiny", vocab_size=data.tokenizer.vocab_size, d_model=32, n_layers=1, n_heads=2,
+                                 d_ff=64, context_length=32)
+    trainer = Trainer(model_cfg, TrainConfig(batch_size=4, max_iters=BUDGET_PLACEHOLDER_ITERS, eval_iters=2,
+                                             dtype="float32", out_dir=str(run_dir / "plan")), data, device="cpu")
+    t0 = time.perf_counter()
+    plan = plan_time_budget(trainer, minutes=60, start=t0)
+    elapsed = time.perf_counter() - t0
+    assert trainer.step == 20 and plan.step_time > 0 and plan.eval_time > 0
+    assert plan.max_iters % 10 == 0
+    # max_iters = the probe steps + whatever the hour left after them and 13 evaluations holds, rounded down
+    assert plan.max_iters <= 20 + (3600 - 13 * plan.eval_time) / plan.step_time
+    assert plan.max_iters >= 20 + (3600 - elapsed - 13 * plan.eval_time) / plan.step_time - 11
+    assert trainer.cfg.max_iters == plan.max_iters and trainer.cfg.warmup_iters == 100
+    with pytest.raises(ValueError, match="from step 0"):
+        plan_time_budget(trainer, minutes=1)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--time_budget", "0"], "--time_budget must be > 0 minutes"),
+    (["--time_budget", "5", "--resume"], "--time_budget plans a new run from step 0"),
+])
+def test_time_budget_bad_input(run_dir, capsys, extra, message):
+    assert main(args(run_dir, *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not (run_dir / "out").exists()

@@ -9,7 +9,7 @@
     >>> sample_next(logits, temperature=0)              # temperature 0 is greedy: the argmax
     tensor([0])
 
-With a trained model (chapter 07 trains one into checkpoints/shakespeare/):
+With a trained model (chapter 04 trains one into checkpoints/shakespeare/):
 
     model, tokenizer = model_from_checkpoint("checkpoints/shakespeare/best.pt")
     generate(model, tokenizer, "ROMEO:", max_new_tokens=100, temperature=0.8, top_k=50, seed=0)
@@ -24,62 +24,20 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
 import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from tinyllm_lib.attention import merge_heads, split_heads
 from tinyllm_lib.checkpoint import CheckpointError, model_from_checkpoint
-from tinyllm_lib.corpus import DATA_DIR, DataFileError, load_corpus
-from tinyllm_lib.data import prepare_data
-from tinyllm_lib.env import QUICK, pick_device
-from tinyllm_lib.model import GPT, GPTConfig
+from tinyllm_lib.corpus import DataFileError
+from tinyllm_lib.env import pick_device
+from tinyllm_lib.model import GPT
 from tinyllm_lib.tokenizer import BPETokenizer
-from tinyllm_lib.train import TrainConfig, Trainer
-
-
-def _repo_root() -> Path:
-    """The course's folder (the one with pyproject.toml) above this module, or above the working
-    folder when this code runs in a notebook; otherwise the working folder."""
-    start = Path(globals()["__file__"]).resolve().parent if "__file__" in globals() else Path.cwd()
-    return next((d for d in (start, *start.parents) if (d / "pyproject.toml").is_file()), Path.cwd())
-
-
-# The README's CPU recipe (chapter 04), shortened to about 5 minutes on 2 cores; quick mode trains a toy.
-SHAKESPEARE_MODEL = dict(d_model=128, n_layers=4, n_heads=4, d_ff=512, context_length=128, dropout=0.2)
-SHAKESPEARE_QUICK_MODEL = dict(d_model=64, n_layers=2, n_heads=4, d_ff=128, context_length=64, dropout=0.0)
-
-
-def shakespeare_checkpoint(quick: bool = QUICK, root: str | os.PathLike | None = None,
-                           device: torch.device | str = "cpu") -> Path:
-    """Path of the course's trained Tiny Shakespeare model, `<repo>/checkpoints/shakespeare/best.pt`
-    (quick mode: `checkpoints/shakespeare-quick/`, so a quick run never replaces a real model).
-    If it is not there yet, train it first with chapter 04's Trainer (about 5 minutes on 2 CPU cores)."""
-    out = Path(root or _repo_root()) / "checkpoints" / ("shakespeare-quick" if quick else "shakespeare")
-    best = out / "best.pt"
-    if best.is_file():
-        return best
-    if out.exists():
-        raise CheckpointError(f"{out} exists but holds no best.pt: move it away, and the model is trained again")
-    text = load_corpus("tinyshakespeare")
-    data = prepare_data(text[:150_000] if quick else text, 256 if quick else 512, DATA_DIR / "cache",
-                        name="tinyshakespeare")
-    model_cfg = GPTConfig.preset("tiny", vocab_size=data.tokenizer.vocab_size,
-                                 **(SHAKESPEARE_QUICK_MODEL if quick else SHAKESPEARE_MODEL))
-    train_cfg = TrainConfig(batch_size=16, max_iters=40 if quick else 2000, lr=2e-3, min_lr=2e-4,
-                            warmup_iters=5 if quick else 100, eval_interval=20 if quick else 250,
-                            eval_iters=4 if quick else 20, dtype="float32", out_dir=f"{out}.{os.getpid()}.tmp")
-    Trainer(model_cfg, train_cfg, data, device=device).fit()
-    try:  # a finished run appears in one rename; if another process got there first, keep its model
-        os.rename(train_cfg.out_dir, out)
-    except OSError:
-        shutil.rmtree(train_cfg.out_dir)
-    return best
+from tinyllm_lib.train import shakespeare_checkpoint  # noqa: F401 (chapter 04 trains the course model; re-exported)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

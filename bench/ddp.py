@@ -31,6 +31,7 @@ from tinyllm_lib.distributed import (
     launch,
     loopback_bytes,
     ring_allreduce_bytes,
+    shutdown,
 )
 from tinyllm_lib.model import GPT, GPTConfig, lm_loss
 
@@ -82,7 +83,7 @@ def worker(steps: int) -> None:
                                         for n, s in sent.items()},
             "gradient_bytes": 4 * params, "params": params, "world_size": info.world_size}), flush=True)
     info.barrier()
-    torch.distributed.destroy_process_group()
+    shutdown(exit_code=0)  # skip the interpreter's teardown, where gloo can abort a finished rank
 
 
 def one_process(steps: int, threads: int) -> float:

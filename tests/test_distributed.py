@@ -180,3 +180,17 @@ def test_a_failed_launch_raises_with_its_last_lines(tmp_path):
     with pytest.raises(LaunchError, match="stopped after the 3 s timeout"):
         launch(str(script), nproc=1, timeout=3, show=False)
     assert time.monotonic() - started < 30
+
+
+def test_shutdown_with_an_exit_code_flushes_and_ends_the_process_at_once():
+    """A worker's last call: its printed output arrives, its code is the exit status, and nothing after it runs
+    (not even atexit handlers: the interpreter's teardown, where gloo can abort a finished rank, is skipped)."""
+    script = ("import atexit, sys\n"
+              "from tinyllm_lib.distributed import shutdown\n"
+              "atexit.register(lambda: print('teardown ran'))\n"
+              "print('result', end='')\n"
+              "sys.stderr.write('note')\n"
+              "shutdown(exit_code=3)\n"
+              "print('after shutdown')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (3, "result", "note")

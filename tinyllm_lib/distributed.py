@@ -215,10 +215,20 @@ def init_distributed(device: str | None = None) -> tuple[Distributed, torch.devi
     return info, chosen
 
 
-def shutdown() -> None:
-    """Leave the process group (at the end of a run, on every rank)."""
+def shutdown(exit_code: int | None = None) -> None:
+    """Leave the process group (at the end of a run, on every rank).
+
+    With `exit_code`, also end the process at once with that code, after flushing its output. A normal
+    exit tears down every Python object while gloo's threads may still hold tensors, and the process
+    can then abort ("terminate called without an active exception") after its work is done, which
+    torchrun reports as a failed rank. os._exit skips that teardown: make it a worker's last call.
+    """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    if exit_code is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
 
 
 def broadcast_parameters(model: nn.Module, src: int = 0) -> None:

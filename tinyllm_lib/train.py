@@ -787,4 +787,7 @@ def fit_time_budget(trainer: Trainer, minutes: float, start: float | None = None
 
 # Last in the module, so that everything `main` calls is defined when a terminal runs it.
 if __name__ == "__main__" and "ipykernel" not in sys.modules:  # a terminal, not the notebook
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        shutdown(exit_code=code)  # under torchrun: leave without the teardown where gloo can abort (chapter 06)
+    sys.exit(code)

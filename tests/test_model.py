@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hf_gpt2 import random_hf_gpt2
 
 from tinyllm_lib.model import (
     GPT,
@@ -263,24 +264,8 @@ def test_a_few_steps_fit_a_repeated_sequence():
 
 def test_logits_match_hugging_face_gpt2():
     transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    hf_cfg = transformers.GPT2Config(
-        vocab_size=97, n_positions=32, n_embd=48, n_layer=3, n_head=4, n_inner=4 * 48,
-        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=0, eos_token_id=0,
-    )
-    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
-    with torch.no_grad():
-        # Random LayerNorm affines and biases, so that a swapped or transposed copy cannot pass, and
-        # larger FFN weights, so that pre-activations reach the range where exact GELU and GPT-2's tanh
-        # approximation differ (near 0 they agree to ~1e-6).
-        for name, p in hf.named_parameters():
-            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
-                p.uniform_(0.5, 1.5)
-            elif name.endswith("bias"):
-                p.normal_(0, 0.02)
-            elif name.endswith("mlp.c_fc.weight"):
-                p.normal_(0, 0.3)
+    hf = random_hf_gpt2(transformers, vocab_size=97, n_positions=32, n_layer=3, n_inner=4 * 48,
+                        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 
     cfg = GPTConfig(vocab_size=97, context_length=32, d_model=48, n_layers=3, n_heads=4, d_ff=4 * 48,
                     activation="gelu_tanh", pos_emb="learned", norm="pre", bias=True, tie_weights=True, flash=False)

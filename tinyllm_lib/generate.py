@@ -37,7 +37,6 @@ from tinyllm_lib.corpus import DataFileError
 from tinyllm_lib.env import pick_device
 from tinyllm_lib.model import GPT
 from tinyllm_lib.tokenizer import BPETokenizer
-from tinyllm_lib.train import shakespeare_checkpoint  # noqa: F401 (chapter 04 trains the course model; re-exported)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

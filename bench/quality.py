@@ -15,7 +15,7 @@ Dropout 0.2 matters: without it this model memorises the 1 MB corpus and validat
 about a third of the budget (2.23 bits/char at best, 2.53 at the end of a 15-minute run).
 
 The first steps are timed to size max_iters so that the warmup + cosine schedule ends with the budget
-(`tinyllm_lib.train.fit_time_budget`, what the command line's `--time_budget MINUTES` does).
+(`tinyllm_lib.budget.fit_time_budget`, what the command line's `--time_budget MINUTES` does).
 The final figure is the loss over the *whole* validation split (non-overlapping windows), converted to
 bits per character. Target: <= 2.5 bits/char; exit status 1 if it is missed.
 
@@ -36,17 +36,11 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
+from tinyllm_lib.budget import BUDGET_PLACEHOLDER_ITERS, fit_time_budget
 from tinyllm_lib.corpus import DATA_DIR, load_corpus
 from tinyllm_lib.data import prepare_data
 from tinyllm_lib.model import GPTConfig, lm_loss
-from tinyllm_lib.train import (
-    BUDGET_PLACEHOLDER_ITERS,
-    TrainConfig,
-    Trainer,
-    bits_per_char,
-    fit_time_budget,
-    plot_metrics,
-)
+from tinyllm_lib.trainer import TrainConfig, Trainer, bits_per_char, plot_metrics
 
 RECOMMENDED = {
     "model": dict(d_model=128, n_layers=4, n_heads=4, d_ff=512, context_length=128, dropout=0.2),

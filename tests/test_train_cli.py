@@ -211,9 +211,10 @@ def test_time_budget_sizes_the_schedule_from_timed_steps(run_dir):
 
 def test_time_budget_plans_from_the_timings_it_measured(run_dir):
     """plan_time_budget: a long budget gives as many steps as the measured step time allows."""
+    from tinyllm_lib.budget import BUDGET_PLACEHOLDER_ITERS, plan_time_budget
     from tinyllm_lib.data import prepare_data
     from tinyllm_lib.model import GPTConfig
-    from tinyllm_lib.train import BUDGET_PLACEHOLDER_ITERS, TrainConfig, Trainer, plan_time_budget
+    from tinyllm_lib.trainer import TrainConfig, Trainer
 
     data = prepare_data(TEXT, 90, run_dir / "cache", name="play")
     model_cfg = GPTConfig.preset("tiny", vocab_size=data.tokenizer.vocab_size, d_model=32, n_layers=1, n_heads=2,

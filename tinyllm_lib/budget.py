@@ -23,6 +23,7 @@ import torch
 from tinyllm_lib.trainer import Trainer
 
 BUDGET_PLACEHOLDER_ITERS = 10**9  # a run's length before plan_time_budget has measured it
+BUDGET_DROPOUT_MINUTES = 10  # shorter budgets train without dropout: too few epochs to overfit
 
 
 @dataclass
@@ -70,20 +71,45 @@ def plan_time_budget(trainer: Trainer, minutes: float, start: float | None = Non
 
 def fit_time_budget(trainer: Trainer, minutes: float, start: float | None = None, evaluations: int = 10) -> BudgetPlan:
     """`plan_time_budget`, then train in `evaluations` chunks, each ending with an evaluation and a
-    checkpoint; stop after a chunk if the budget is spent (a slower machine than the probe said)."""
+    checkpoint. After each chunk the steps left are sized again from the pace of that chunk, so that
+    the cosine still ends on time when the machine slows down or speeds up mid-run (another program
+    starts, a laptop throttles); a run whose budget is spent anyway stops after its chunk."""
     start = time.perf_counter() if start is None else start
+    deadline = start + minutes * 60
     plan = plan_time_budget(trainer, minutes, start, evaluations)
     if trainer.dist.master:
         print(f"time budget {minutes:g} min: {plan.step_time * 1000:.0f} ms/step and {plan.eval_time:.1f} s/evaluation "
               f"measured -> max_iters {plan.max_iters}, warmup_iters {plan.warmup_iters}, "
               f"eval_interval {trainer.cfg.eval_interval}")
-    for k in range(1, evaluations + 1):
-        trainer.fit(until=k * plan.max_iters // evaluations)
-        late = trainer.dist.any(time.perf_counter() > start + minutes * 60, trainer.device)  # all ranks agree
-        if trainer.interrupted or trainer.step >= plan.max_iters:
+    for k in range(evaluations, 0, -1):  # k chunks left, this one included
+        chunk_start, first_step = time.perf_counter(), trainer.step
+        trainer.fit(until=first_step + (trainer.cfg.max_iters - first_step) // k)
+        if trainer.interrupted or trainer.step >= trainer.cfg.max_iters:
             break
-        if late:
+        now = time.perf_counter()
+        if trainer.dist.any(now > deadline, trainer.device):  # all ranks agree
             if trainer.dist.master:
-                print(f"time budget spent after step {trainer.step} of {plan.max_iters}: stopping early")
+                print(f"time budget spent after step {trainer.step} of {trainer.cfg.max_iters}: stopping early")
             break
+        # seconds per step in this chunk, its evaluation included; the ranks plan with their mean pace
+        pace = (now - chunk_start) / max(trainer.step - first_step, 1)
+        pace = trainer.dist.sum(torch.tensor([pace], device=trainer.device)).item() / trainer.dist.world_size
+        steps_left = max(k - 1, int((deadline - now - plan.eval_time) / pace) // (k - 1) * (k - 1))
+        max_iters = max(trainer.step + steps_left, trainer.cfg.warmup_iters)
+        trainer.cfg = dataclasses.replace(trainer.cfg, max_iters=max_iters, eval_interval=max(steps_left // (k - 1), 1))
+    plan.max_iters = trainer.cfg.max_iters  # what the run ended up planning
     return plan
+
+
+def budget_settings(minutes: float) -> dict:
+    """The recipe `--time_budget` trains when no model or training flag says otherwise: the CPU model of
+    section 11 (BPE 512, 4 layers x 128, context 128, batch 16, lr 2e-3 -> 2e-4), with dropout only
+    for budgets long enough to memorise the 1 MB corpus (`bench/quality.py` measures both sides).
+
+    >>> budget_settings(5)["model"]["dropout"], budget_settings(15)["model"]["dropout"]
+    (0.0, 0.2)
+    """
+    dropout = 0.0 if minutes < BUDGET_DROPOUT_MINUTES else 0.2
+    return {"model": dict(d_model=128, n_layers=4, n_heads=4, d_ff=512, context_length=128, dropout=dropout),
+            "vocab_size": 512,
+            "train": dict(batch_size=16, lr=2e-3, min_lr=2e-4, warmup_iters=100)}

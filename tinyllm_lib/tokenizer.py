@@ -23,7 +23,7 @@ import operator
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import regex
@@ -41,6 +41,10 @@ CHAR_SPLIT = re.compile(rf"{SPACE}?[^\s{SPACE}]+|{SPACE}+(?![^\s{SPACE}])|\s+")
 # GPT-2's pre-tokenization: contractions, letters, numbers, other symbols (each with one optional
 # leading space), whitespace not followed by a word, any other whitespace.
 GPT2_SPLIT = regex.compile(r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+# Where a text can be cut without changing its encoding (streaming, chapter 09): after a lone "\n"
+# between two non-space characters. No word of either flavour crosses it, and neither split's
+# choice for that "\n" depends on what follows. (re's \s holds every character regex's \s holds.)
+STREAM_CUT = re.compile(rf"(?<=\S\n)(?=[^\s{SPACE}])")
 
 
 _CACHE_LIMIT = 1 << 18  # distinct words remembered by encode
@@ -115,14 +119,14 @@ class BPETokenizer:
         return f"BPETokenizer(byte_level={self.byte_level}, vocab_size={self.vocab_size})"
 
     # -- text -> words -------------------------------------------------------------------------
-    def _words(self, text: str) -> list[str | int]:
+    def _words(self, text: str, prefix: bool = True) -> list[str | int]:
         """Cut `text` into words (str) and literal special tokens (their int id), in order.
 
-        Character flavour: a stretch of text gets a `▁` in front at the start and after a special
-        token other than <UNK> (which stands for a character inside a word).
+        Character flavour: a stretch of text gets a `▁` in front at the start (unless `prefix` is
+        False: a piece cut from the middle of a text) and after a special token other than <UNK>
+        (which stands for a character inside a word).
         """
         out: list[str | int] = []
-        prefix = True
         for k, part in enumerate(self._special_split.split(text)):
             if k % 2:  # split() puts the matched special tokens at odd positions
                 out.append(self.specials[part])
@@ -179,8 +183,15 @@ class BPETokenizer:
         as a space (it is the space marker).
         """
         ids = [self._role_id("bos")] if add_bos else []
+        ids += self._encode(text)
+        if add_eos:
+            ids.append(self._role_id("eos"))
+        return ids
+
+    def _encode(self, text: str, prefix: bool = True) -> list[int]:
+        ids: list[int] = []
         cache = self._cache
-        for word in self._words(text):
+        for word in self._words(text, prefix):
             if isinstance(word, int):
                 ids.append(word)
                 continue
@@ -190,9 +201,31 @@ class BPETokenizer:
                 if len(cache) < _CACHE_LIMIT:
                     cache[word] = pieces
             ids.extend(pieces)
-        if add_eos:
-            ids.append(self._role_id("eos"))
         return ids
+
+    def encode_iter(self, chunks: Iterable[str]) -> Iterator[list[int]]:
+        """Streaming encode: pieces of a text in (lines, blocks of a file), lists of ids out.
+
+        The lists joined equal `encode("".join(chunks))`. Text is held back only up to its last safe
+        cut (`STREAM_CUT`, a line break between two non-space characters), so memory stays at a
+        chunk plus one stretch between cuts, however long the text:
+        `ids = [i for part in tok.encode_iter(open(path)) for i in part]`.
+        """
+        if any(c.isspace() for s in self.specials for c in s):
+            raise ValueError("encode_iter: a special token contains whitespace, so no cut is known to be safe")
+        tail, start = "", True  # start: the held-back text begins the whole text
+        for chunk in chunks:
+            lo = max(len(tail) - 1, 0)  # cuts before this were looked for already
+            tail += chunk
+            cut, i = None, len(tail)
+            while cut is None and (i := tail.rfind("\n", lo, i)) >= 0:  # the last cut, searching back
+                if STREAM_CUT.match(tail, i + 1):
+                    cut = i + 1
+            if cut is not None:
+                yield self._encode(tail[:cut], prefix=start)
+                tail, start = tail[cut:], False
+        if tail or start:
+            yield self._encode(tail, prefix=start)
 
     def _role_id(self, role: str) -> int:
         if self.roles[role] is None:

@@ -203,17 +203,18 @@ class BPETokenizer:
             ids.extend(pieces)
         return ids
 
-    def encode_iter(self, chunks: Iterable[str]) -> Iterator[list[int]]:
+    def encode_iter(self, chunks: Iterable[str], prefix: bool = True) -> Iterator[list[int]]:
         """Streaming encode: pieces of a text in (lines, blocks of a file), lists of ids out.
 
         The lists joined equal `encode("".join(chunks))`. Text is held back only up to its last safe
         cut (`STREAM_CUT`, a line break between two non-space characters), so memory stays at a
         chunk plus one stretch between cuts, however long the text:
-        `ids = [i for part in tok.encode_iter(open(path)) for i in part]`.
+        `ids = [i for part in tok.encode_iter(open(path)) for i in part]`. `prefix=False`: the
+        chunks continue a text cut at a `STREAM_CUT` (a worker's share of a file, chapter 04).
         """
         if any(c.isspace() for s in self.specials for c in s):
             raise ValueError("encode_iter: a special token contains whitespace, so no cut is known to be safe")
-        tail, start = "", True  # start: the held-back text begins the whole text
+        tail, start = "", prefix  # start: the held-back text begins a text
         for chunk in chunks:
             lo = max(len(tail) - 1, 0)  # cuts before this were looked for already
             tail += chunk

@@ -27,8 +27,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from tinyllm_lib.data import TokenData, get_batch
 from tinyllm_lib.model import GPTConfig, lm_loss
+from tinyllm_lib.optim import configure_optimizer
 from tinyllm_lib.tokenizer import BPETokenizer
-from tinyllm_lib.train import TrainConfig, Trainer, autocast, configure_optimizer
+from tinyllm_lib.trainer import TrainConfig, Trainer, autocast
 
 BATCH, CONTEXT = 8, 256
 SHAPES = {

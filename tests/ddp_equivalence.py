@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from tinyllm_lib.distributed import DataParallel, init_distributed, shutdown
 from tinyllm_lib.model import GPT, GPTConfig, lm_loss
-from tinyllm_lib.train import configure_optimizer
+from tinyllm_lib.optim import configure_optimizer
 
 B, T, STEPS, ACCUMULATION = 8, 16, 5, 2
 info, device = init_distributed("cpu")

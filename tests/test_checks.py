@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tinyllm_lib.checks import STRICT_ENV, CheckFailed, check, check_value, difference
-from tinyllm_lib.train import get_lr
+from tinyllm_lib.optim import get_lr
 
 STRICT_WHEN_COLLECTED = os.environ.get(STRICT_ENV)  # before the fixture below clears it
 

@@ -24,7 +24,8 @@ from tinyllm_lib.distributed import (
     ring_allreduce_bytes,
 )
 from tinyllm_lib.model import GPTConfig
-from tinyllm_lib.train import TrainConfig, Trainer, main
+from tinyllm_lib.train import main
+from tinyllm_lib.trainer import TrainConfig, Trainer
 
 HERE = Path(__file__).parent
 GRAD_TOLERANCE = 1e-6  # (a) one step: the same sums in another order

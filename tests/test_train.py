@@ -1,4 +1,5 @@
-"""Schedule, optimizer groups, accumulation, checkpoints, exact resume, NaN guard (tinyllm_lib.train, .checkpoint)."""
+"""Schedule, optimizer groups, accumulation, checkpoints, exact resume, NaN guard (tinyllm_lib.optim, .trainer,
+.checkpoint, .train)."""
 
 import json
 import math
@@ -9,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tinyllm_lib import train as train_mod
+from tinyllm_lib import trainer as trainer_mod
 from tinyllm_lib.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -19,13 +20,12 @@ from tinyllm_lib.checkpoint import (
 )
 from tinyllm_lib.data import get_batch, prepare_data
 from tinyllm_lib.model import GPT, GPTConfig, lm_loss
-from tinyllm_lib.train import (
+from tinyllm_lib.optim import configure_optimizer, get_lr
+from tinyllm_lib.trainer import (
     TrainConfig,
     Trainer,
     TrainingDiverged,
     bits_per_char,
-    configure_optimizer,
-    get_lr,
     resolve_dtype,
 )
 
@@ -159,13 +159,13 @@ def test_bfloat16_autocast_trains_on_cpu(data, tmp_path):
     assert math.isfinite(loss.item())
     assert all(p.dtype == torch.float32 for p in trainer.raw_model.parameters())  # master weights stay fp32
     idx = torch.zeros(2, 8, dtype=torch.long)
-    with train_mod.autocast(trainer.device, trainer.dtype):
+    with trainer_mod.autocast(trainer.device, trainer.dtype):
         assert trainer.raw_model(idx).dtype == torch.bfloat16  # the matmuls really ran in bf16
 
 
 def fp16_trainer(data, out_dir, monkeypatch):
     """The fp16 + GradScaler path on a CPU (the CLI only allows fp16 on CUDA; torch can do it here)."""
-    monkeypatch.setattr(train_mod, "resolve_dtype", lambda name, device: torch.float16)
+    monkeypatch.setattr(trainer_mod, "resolve_dtype", lambda name, device: torch.float16)
     trainer = Trainer(model_cfg(data), train_cfg(out_dir), data, device="cpu")
     monkeypatch.undo()
     return trainer

@@ -211,9 +211,10 @@ def test_time_budget_sizes_the_schedule_from_timed_steps(run_dir):
 
 def test_time_budget_plans_from_the_timings_it_measured(run_dir):
     """plan_time_budget: a long budget gives as many steps as the measured step time allows."""
+    from tinyllm_lib.budget import BUDGET_PLACEHOLDER_ITERS, plan_time_budget
     from tinyllm_lib.data import prepare_data
     from tinyllm_lib.model import GPTConfig
-    from tinyllm_lib.train import BUDGET_PLACEHOLDER_ITERS, TrainConfig, Trainer, plan_time_budget
+    from tinyllm_lib.trainer import TrainConfig, Trainer
 
     data = prepare_data(TEXT, 90, run_dir / "cache", name="play")
     model_cfg = GPTConfig.preset("tiny", vocab_size=data.tokenizer.vocab_size, d_model=32, n_layers=1, n_heads=2,
@@ -231,6 +232,43 @@ def test_time_budget_plans_from_the_timings_it_measured(run_dir):
     assert trainer.cfg.max_iters == plan.max_iters and trainer.cfg.warmup_iters == 100
     with pytest.raises(ValueError, match="from step 0"):
         plan_time_budget(trainer, minutes=1)
+
+
+def test_time_budget_resizes_the_run_when_the_machine_slows_down(run_dir, monkeypatch, capsys):
+    """A machine three times slower after the first chunk: the run re-plans, still finishes its cosine
+    (last step = max_iters, lr = min_lr) and ends within the budget. A fake clock makes it exact."""
+    from tinyllm_lib import budget
+    from tinyllm_lib.data import prepare_data
+    from tinyllm_lib.model import GPTConfig
+    from tinyllm_lib.trainer import TrainConfig, Trainer
+
+    data = prepare_data(TEXT, 90, run_dir / "cache", name="play")
+    model_cfg = GPTConfig.preset("tiny", vocab_size=data.tokenizer.vocab_size, d_model=16, n_layers=1, n_heads=2,
+                                 d_ff=32, context_length=16)
+    trainer = Trainer(model_cfg, TrainConfig(batch_size=2, max_iters=budget.BUDGET_PLACEHOLDER_ITERS, eval_iters=1,
+                                             min_lr=1e-4, dtype="float32", out_dir=str(run_dir / "slow")),
+                      data, device="cpu")
+    clock = {"now": 0.0}
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: clock["now"])
+    step, evaluate = trainer.train_step, trainer.evaluate
+
+    def timed_step():
+        clock["now"] += 0.01 if trainer.step < 60 else 0.03  # 10 ms a step, then 30 ms
+        return step()
+
+    def timed_evaluate():
+        clock["now"] += 0.05
+        return evaluate()
+
+    monkeypatch.setattr(trainer, "train_step", timed_step)
+    monkeypatch.setattr(trainer, "evaluate", timed_evaluate)
+    plan = budget.fit_time_budget(trainer, minutes=0.1, start=0.0)  # 6 s: about 500 steps at the first pace
+    first_plan = int(capsys.readouterr().out.split("-> max_iters ")[1].split(",")[0])
+    assert first_plan > 400  # planned at 10 ms a step
+    assert trainer.step == trainer.cfg.max_iters == plan.max_iters  # the whole (re-sized) cosine ran
+    assert trainer.step < 300  # fewer steps than the first plan: later steps cost three times as much
+    assert clock["now"] <= 6.0 + 0.5  # on time, give or take one chunk's rounding
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4, rel=0.05)
 
 
 @pytest.mark.parametrize("extra, message", [

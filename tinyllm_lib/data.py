@@ -184,14 +184,16 @@ def safe_cut_at(path: Path, offset: int, end: int, window: int = 1 << 16) -> int
     """The first byte offset >= `offset` where the file's text can be cut (`STREAM_CUT`), or `end`."""
     with open(path, "rb") as f:
         while offset < end:
-            f.seek(offset)
-            raw = f.read(min(window, end - offset))
+            begin = max(offset - 8, 0)  # from two characters earlier: a cut looks at them
+            f.seek(begin)
+            raw = f.read(min(window, end - begin))
             skip = next((i for i, b in enumerate(raw[:4]) if b & 0xC0 != 0x80), 0)  # a character's first byte
             text = codecs.getincrementaldecoder("utf-8")().decode(raw[skip:])  # holds back a cut-off char
-            m = STREAM_CUT.search(text)
-            if m:
-                return offset + skip + len(text[: m.start()].encode("utf-8"))
-            offset += max(len(raw) - 4, 1)  # overlap: a cut needs the two characters before it
+            for m in STREAM_CUT.finditer(text):
+                at = begin + skip + len(text[: m.start()].encode("utf-8"))
+                if at >= offset:
+                    return at
+            offset = max(begin + len(raw) - 4, offset + 1)  # the next window overlaps this one
     return end
 
 

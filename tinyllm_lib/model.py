@@ -208,8 +208,10 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # In float32: a mean of squares in bf16 loses the small channels (chapter 05).
         rms_inv = torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (…, 1)
-        y = (x.float() * rms_inv).to(x.dtype)
-        return y * self.weight if self.weight is not None else y
+        y = x.float() * rms_inv
+        if self.weight is not None:
+            y = y * self.weight.float()
+        return y.to(x.dtype)  # (…, C) in the input's dtype
 
 
 def make_norm(config: GPTConfig) -> nn.Module:

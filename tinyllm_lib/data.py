@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinyllm_lib.tokenizer import STREAM_CUT, BPETokenizer
+from tinyllm_lib.tokenizer import STREAM_CUT, BPETokenizer, encode_file_job
 
 CACHE_VERSION = 1
 
@@ -197,41 +197,15 @@ def safe_cut_at(path: Path, offset: int, end: int, window: int = 1 << 16) -> int
     return end
 
 
-def _encode_range(path: str, start: int, end: int, tokenizer: dict, prefix: bool, out: str,
-                  chunk_bytes: int = 1 << 20) -> int:
-    """One worker's share: bytes [start, end) of the file -> ids in `out`; returns characters read."""
-    tok = BPETokenizer.from_dict(tokenizer)
-    dtype, n_chars = token_dtype(tok.vocab_size), 0
-
-    def chunks():
-        nonlocal n_chars
-        decoder = codecs.getincrementaldecoder("utf-8")()
-        with open(path, "rb") as f:
-            f.seek(start)
-            left = end - start
-            while left > 0:
-                raw = f.read(min(chunk_bytes, left))
-                if not raw:
-                    break
-                left -= len(raw)
-                piece = decoder.decode(raw, final=left <= 0)
-                n_chars += len(piece)
-                yield piece
-
-    with open(out, "wb") as f:
-        for ids in tok.encode_iter(chunks(), prefix=prefix):
-            f.write(np.asarray(ids, dtype=dtype).tobytes())
-    return n_chars
-
-
 def _join_parts(jobs: list[tuple], workers: int, tmp: Path) -> int:
-    """Run `_encode_range` jobs in `workers` processes, append their part files to `tmp` in order."""
+    """Run `encode_file_job` jobs (chapter 01) in `workers` processes, append their part files to
+    `tmp` in order; returns the characters read."""
     if workers > 1 and len(jobs) > 1:
         # spawn: a fresh interpreter per worker (fork is unsafe after torch has started threads)
         with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-            n_chars = pool.starmap(_encode_range, jobs)
+            n_chars = pool.starmap(encode_file_job, jobs)
     else:
-        n_chars = [_encode_range(*job) for job in jobs]
+        n_chars = [encode_file_job(*job) for job in jobs]
     with open(tmp, "wb") as f:
         for job in jobs:
             with open(job[-1], "rb") as part:
@@ -256,7 +230,7 @@ def encode_file(path: str | Path, tokenizer: BPETokenizer, out: Path, start: int
             bounds.append(cut)
     bounds.append(end)
     parts = [out.with_name(f"{out.name}.part{k}") for k in range(len(bounds) - 1)]
-    jobs = [(str(path), a, b, tokenizer.to_dict(), k == 0, str(p))
+    jobs = [(tokenizer.to_dict(), str(path), a, b, k == 0, str(p))
             for k, (a, b, p) in enumerate(zip(bounds, bounds[1:], parts))]
     try:
         return _join_parts(jobs, workers, out)

@@ -18,6 +18,8 @@ gives GPT-2's byte-level flavour; `BPETokenizer.from_gpt2(encoder.json, vocab.bp
 
 from __future__ import annotations
 
+import array
+import codecs
 import json
 import operator
 import os
@@ -228,6 +230,37 @@ class BPETokenizer:
         if tail or start:
             yield self._encode(tail, prefix=start)
 
+    def encode_file(self, path: str | Path, out: str | Path, start: int = 0, end: int | None = None,
+                    prefix: bool = True, chunk_bytes: int = 1 << 20) -> int:
+        """Stream bytes [start, end) of a UTF-8 file through `encode_iter` into `out`, a flat array of
+        ids (uint16, or uint32 above 65,536 tokens) in the machine's byte order; returns the number
+        of characters read. `start` must begin a character (chapter 04 cuts files at safe cuts)."""
+        path = Path(path)
+        end = path.stat().st_size if end is None else end
+        typecode = "H" if self.vocab_size <= 1 << 16 else "I"
+        n_chars = 0
+
+        def chunks():
+            nonlocal n_chars
+            decoder = codecs.getincrementaldecoder("utf-8")()  # a block may end inside a character
+            with open(path, "rb") as f:
+                f.seek(start)
+                left = end - start
+                while left > 0:
+                    raw = f.read(min(chunk_bytes, left))
+                    if not raw:
+                        break
+                    left -= len(raw)
+                    piece = decoder.decode(raw, final=left <= 0)
+                    n_chars += len(piece)
+                    yield piece
+
+        with open(out, "wb") as f:
+            for ids in self.encode_iter(chunks(), prefix=prefix):
+                f.write(array.array(typecode, ids).tobytes())
+        return n_chars
+
+
     def _role_id(self, role: str) -> int:
         if self.roles[role] is None:
             raise ValueError(f"this tokenizer has no {role.upper()} token")
@@ -296,6 +329,12 @@ class BPETokenizer:
     def from_gpt2(cls, encoder_json_path: str | Path, vocab_bpe_path: str | Path) -> BPETokenizer:
         """GPT-2's tokenizer from its published `encoder.json` and `vocab.bpe`: 50,257 ids, <|endoftext|> = 50256."""
         return _from_gpt2(cls, encoder_json_path, vocab_bpe_path)
+
+
+def encode_file_job(tokenizer: dict, path: str, start: int, end: int, prefix: bool, out: str) -> int:
+    """`BPETokenizer.from_dict(tokenizer).encode_file(...)`: one worker process's share of a file
+    (chapter 04). Here, not in the data module, so that a worker starts without importing PyTorch."""
+    return BPETokenizer.from_dict(tokenizer).encode_file(path, out, start, end, prefix)
 
 
 def _to_dict(tok: BPETokenizer) -> dict:

@@ -27,11 +27,12 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from tinyllm_lib.budget import BUDGET_PLACEHOLDER_ITERS, budget_settings, fit_time_budget
+from tinyllm_lib.budget import BUDGET_PLACEHOLDER_ITERS, BUDGET_RECIPE, fit_time_budget
 from tinyllm_lib.corpus import DATA_DIR, load_corpus
 from tinyllm_lib.data import prepare_data
 from tinyllm_lib.model import GPTConfig, lm_loss
@@ -46,13 +47,10 @@ BABY_GPT = {
 }
 
 
-def ours(minutes: float) -> dict:
-    settings = budget_settings(minutes)
-    return {"model": settings["model"], "vocab_size": settings["vocab_size"],
-            "train": {**settings["train"], "dtype": "float32", "eval_iters": 10}}
-
-
-RECIPES = {"ours": ours, "baby GPT": lambda minutes: BABY_GPT}
+OURS = {"model": BUDGET_RECIPE["model"], "vocab_size": BUDGET_RECIPE["vocab_size"],
+        "train": {**BUDGET_RECIPE["train"], "dtype": "float32", "eval_iters": 10},
+        "auto_dropout": True}  # what --time_budget does when --dropout is not given
+RECIPES = {"ours": OURS, "baby GPT": BABY_GPT}
 
 
 @torch.no_grad()
@@ -72,7 +70,7 @@ def full_validation_loss(model: torch.nn.Module, tokens, context_length: int, ba
 def train_recipe(name: str, minutes: float, out_dir: str) -> dict:
     """Train one recipe for `minutes` on one thread; returns its figures (the child process's job)."""
     torch.set_num_threads(1)
-    recipe = RECIPES[name](minutes)
+    recipe = RECIPES[name]
     data = prepare_data(load_corpus("tinyshakespeare"), recipe["vocab_size"], DATA_DIR / "cache",
                         name="tinyshakespeare")
     start = time.perf_counter()  # the tokenizer is cached for both recipes before the race starts
@@ -80,20 +78,20 @@ def train_recipe(name: str, minutes: float, out_dir: str) -> dict:
     cfg = TrainConfig(max_iters=BUDGET_PLACEHOLDER_ITERS, out_dir=out_dir, **recipe["train"])
     trainer = Trainer(model_cfg, cfg, data, device="cpu")
     with open(Path(out_dir) / "log.txt", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        fit_time_budget(trainer, minutes, start=start)
+        fit_time_budget(trainer, minutes, start=start, auto_dropout=recipe.get("auto_dropout", False))
     seconds = time.perf_counter() - start
     val_loss = full_validation_loss(trainer.raw_model, data.val, model_cfg.context_length)
     return {"recipe": name, "minutes": minutes, "seconds": seconds, "steps": trainer.step,
             "tokens": trainer.step * trainer.tokens_per_step, "params": trainer.raw_model.num_params(),
             "chars_per_token": data.val_chars_per_token, "val_loss": val_loss,
             "bpc": bits_per_char(val_loss, data.val_chars_per_token),
-            "settings": {**recipe["model"], "vocab_size": recipe["vocab_size"], **recipe["train"]}}
+            "settings": {**asdict(trainer.model_cfg), **asdict(trainer.cfg)}}
 
 
 def race(minutes: float, out_dir: Path) -> list[dict]:
     """Both recipes at once, one process and one thread each, for `minutes`."""
     for name in RECIPES:  # tokenize first (cached), so that the race times training only
-        recipe = RECIPES[name](minutes)
+        recipe = RECIPES[name]
         prepare_data(load_corpus("tinyshakespeare"), recipe["vocab_size"], DATA_DIR / "cache", name="tinyshakespeare")
     children = []
     for name in RECIPES:

@@ -147,3 +147,47 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path):
     with pytest.raises(OSError, match="No space"):
         data_mod.atomic_write(path, dies)
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["ids.bin"]
+
+
+# ---- a file larger than memory, tokenized in parallel (chapter 04, section 2b; chapter 09) -------------
+
+def test_prepare_data_from_a_file_with_workers_equals_the_string_path(tmp_path):
+    text = (TEXT + "Ay, there's the rub.\n") * 30
+    file = tmp_path / "corpus.txt"
+    file.write_text(text, encoding="utf-8")
+    ref = prepare_data(text, 60, tmp_path / "a", name="c")
+    for source, workers in ((text, 2), (file, 1)):
+        got = prepare_data(source, 60, tmp_path / f"b{workers}{type(source).__name__}", name="c", workers=workers)
+        assert got.tokenizer.to_dict() == ref.tokenizer.to_dict()
+        assert np.array_equal(got.train, ref.train) and np.array_equal(got.val, ref.val)
+        assert got.val_chars == ref.val_chars
+    assert not [p for p in tmp_path.rglob("*") if ".part" in p.name or p.name.endswith(".tmp")]
+
+
+def test_encode_file_with_workers_equals_encode_on_shakespeare_and_stories(tmp_path):
+    from tinyllm_lib.corpus import DataFileError, data_path
+
+    try:
+        files = [data_path("tinyshakespeare"), data_path("tinystories_sample")]
+        gpt2 = BPETokenizer.from_gpt2(data_path("gpt2_encoder.json"), data_path("gpt2_vocab.bpe"))
+    except DataFileError as exc:
+        pytest.skip(f"corpus not available: {exc}")
+    shakespeare = files[0].read_text(encoding="utf-8")[:200_000]
+    (tmp_path / "s.txt").write_text(shakespeare, encoding="utf-8")
+    char_tok = BPETokenizer().train(shakespeare[:50_000], 300)
+    for path, tok in ((tmp_path / "s.txt", char_tok), (files[1], gpt2)):
+        text = path.read_text(encoding="utf-8")
+        out = tmp_path / "ids.bin"
+        n_chars = data_mod.encode_file(path, tok, out, workers=2)
+        assert n_chars == len(text)
+        assert np.fromfile(out, dtype=token_dtype(tok.vocab_size)).tolist() == tok.encode(text)
+
+
+def test_safe_cut_lands_between_two_non_space_characters_around_a_line_break(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes("é\n\nx y\né\nb".encode())
+    cut = data_mod.safe_cut_at(path, 1, path.stat().st_size)
+    raw = path.read_bytes()
+    assert raw[:cut].decode().endswith("y\n") and raw[cut:].decode() == "é\nb"
+    assert data_mod.safe_cut_at(path, cut, path.stat().st_size) == cut
+    assert data_mod.safe_cut_at(path, 0, 3) == 3  # no cut before the end given: the end

@@ -179,9 +179,21 @@ PLANTED = {
             "    act = torch.finfo(dtype).bits // 8\n"
             "    return cfg.n_layers * (8 * B * T * C + 2 * B * T * F) * act + B * T * C * 2 * act + B * T * V * 4\n"),
     }),
+    "09_experiments.ipynb": ("your RMSNorm, RoPE and SwiGLU inside a GPT", {
+        "RMSNorm that subtracts the mean": "def my_rms_norm(x, gain, eps=1e-6):\n"
+                                           "    x = x - x.mean(-1, keepdim=True)\n"
+                                           "    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gain\n",
+        "RoPE on adjacent channel pairs": "def my_rope(x, base=10000.0):\n"
+                                          "    T, hd = x.size(-2), x.size(-1)\n"
+                                          "    f = base ** (-torch.arange(0, hd, 2, dtype=torch.float32) / hd)\n"
+                                          "    a = torch.outer(torch.arange(T, dtype=torch.float32), f)\n"
+                                          "    x1, x2 = x[..., 0::2], x[..., 1::2]\n"
+                                          "    return torch.cat([x1 * a.cos() - x2 * a.sin(), x1 * a.sin() + x2 * a.cos()], -1)\n",
+    }),
 }
 STUBS = {"01_bpe.ipynb": "train", "02_attention.ipynb": "causal_attention",
-         "03_transformer_block.ipynb": "pre_norm_block", "05_mixed_precision.ipynb": "my_activation_bytes"}
+         "03_transformer_block.ipynb": "pre_norm_block", "05_mixed_precision.ipynb": "my_activation_bytes",
+         "09_experiments.ipynb": "my_rms_norm"}
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,16 @@ BUGS = {
     "fused q|k|v split into heads without the transpose": (
         "10_gpt2.ipynb", "t.view(B, T, n_heads, C // n_heads).transpose(1, 2)", "t.reshape(B, n_heads, T, C // n_heads)",
         "qkv_heads"),
+    "RMSNorm that subtracts the mean (LayerNorm without its bias)": (
+        "09_experiments.ipynb", "return x / torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps) * gain",
+        "return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + eps) * gain",
+        "my_rms_norm"),
+    "RoPE rotating adjacent channels instead of halves": (
+        "09_experiments.ipynb", "x1, x2 = x.chunk(2, dim=-1)", "x1, x2 = x[..., 0::2], x[..., 1::2]", "my_rope"),
+    "SwiGLU with a sigmoid gate (GLU)": (
+        "09_experiments.ipynb", "F.silu(ffn.gate(x))", "torch.sigmoid(ffn.gate(x))", "my_swiglu"),
+    "power law fitted without subtracting the floor": (
+        "09_experiments.ipynb", "np.log(L - E)", "np.log(L)", "my_fit_alpha"),
     "safetensors offsets counted from the start of the file": (
         "10_gpt2.ipynb", "data = bytearray(raw[8 + n + begin : 8 + n + end])", "data = bytearray(raw[begin:end])",
         "read_tensor"),

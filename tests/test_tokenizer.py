@@ -402,3 +402,67 @@ def test_gpt2_loader_errors_name_file_and_line(gpt2_files, tmp_path):
 
 def test_gpt2_split_pattern():
     assert GPT2_SPLIT.findall("I'm  here 42x") == ["I", "'m", " ", " here", " 42", "x"]
+
+
+# -- streaming encode (chapter 09): any chunking of a text gives the ids of one encode ---------------------
+
+def _chunked(text, sizes):
+    """`text` cut into consecutive pieces of the given sizes (cycled), the last piece whatever is left."""
+    out, i, k = [], 0, 0
+    while i < len(text):
+        out.append(text[i:i + sizes[k % len(sizes)]])
+        i += sizes[k % len(sizes)]
+        k += 1
+    return out
+
+
+def _streamed(tok, chunks, prefix=True):
+    return [i for part in tok.encode_iter(chunks, prefix=prefix) for i in part]
+
+
+@pytest.fixture(scope="module")
+def stories():
+    try:
+        return load_corpus("tinystories_sample")
+    except DataFileError as exc:
+        pytest.skip(f"the TinyStories sample is not available: {exc}")
+
+
+@pytest.mark.parametrize("sizes", [[1], [3, 17], [1000], [10**7]])
+def test_streaming_encode_equals_encode_on_shakespeare(char_tok, byte_tok, shakespeare, sizes):
+    text = shakespeare[:60_000]
+    for tok in (char_tok, byte_tok):
+        assert _streamed(tok, _chunked(text, sizes)) == tok.encode(text)
+
+
+def test_streaming_encode_equals_encode_with_endoftext_separators(gpt2, char_tok, stories):
+    assert "<|endoftext|>" in stories
+    for sizes in ([1], [5, 40], [512]):
+        assert _streamed(gpt2, _chunked(stories, sizes)) == gpt2.encode(stories)
+    as_eos = stories.replace("<|endoftext|>", "<EOS>")  # the character flavour's own separator
+    assert _streamed(char_tok, _chunked(as_eos, [7, 3])) == char_tok.encode(as_eos)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet="ab \n\t'.<EOS>▁é1", max_size=80), sizes=st.lists(st.integers(1, 9), min_size=1))
+def test_streaming_encode_any_chunking_property(small_char_tok, byte_tok, text, sizes):
+    for tok in (small_char_tok, byte_tok):
+        assert _streamed(tok, _chunked(text, sizes)) == tok.encode(text)
+
+
+def test_streaming_encode_holds_back_only_to_the_last_safe_cut(char_tok):
+    lines = ["First line\n", "second line\n", "third"]
+    parts = list(char_tok.encode_iter(lines))
+    assert len(parts) == 3  # each line is released once the next one shows where it ends
+    assert [i for p in parts for i in p] == char_tok.encode("".join(lines))
+    # a cut continues a text: no word marker in front of the continuation
+    assert _streamed(char_tok, ["line"], prefix=False) == char_tok.encode("x\nline")[len(char_tok.encode("x\n")):]
+
+
+def test_streaming_encode_refuses_special_tokens_with_whitespace(char_tok):
+    d = char_tok.to_dict()
+    del d["specials"]["<PAD>"]
+    d["vocab"][0], d["specials"]["<P D>"] = "<P D>", 0
+    tok = BPETokenizer.from_dict(d)
+    with pytest.raises(ValueError, match="whitespace"):
+        list(tok.encode_iter(["a\nb"]))

@@ -346,6 +346,15 @@ def test_checkpoint_refuses_a_different_model_or_tokenizer(data, tmp_path):
         trainer.load_state_dict(state, source="run/latest.pt")
 
 
+def test_a_checkpoint_written_before_a_config_field_existed_still_resumes(data, tmp_path):
+    trainer = Trainer(model_cfg(data), train_cfg(tmp_path), data, device="cpu")
+    state = trainer.state_dict()
+    del state["model_config"]["norm_type"]  # a checkpoint from before RMSNorm (chapter 09) was added
+    Trainer(model_cfg(data), train_cfg(tmp_path), data, device="cpu").load_state_dict(state)
+    with pytest.raises(CheckpointError, match="norm_type='layernorm' in the checkpoint, 'rmsnorm' from the flags"):
+        Trainer(model_cfg(data, norm_type="rmsnorm"), train_cfg(tmp_path), data, device="cpu").load_state_dict(state)
+
+
 def test_model_from_checkpoint_gives_the_trained_model(data, tmp_path):
     trainer = Trainer(model_cfg(data), train_cfg(tmp_path, max_iters=3, eval_interval=3), data, device="cpu")
     trainer.fit()

@@ -264,12 +264,46 @@ def test_time_budget_resizes_the_run_when_the_machine_slows_down(run_dir, monkey
     monkeypatch.setattr(trainer, "train_step", timed_step)
     monkeypatch.setattr(trainer, "evaluate", timed_evaluate)
     plan = budget.fit_time_budget(trainer, minutes=0.1, start=0.0)  # 6 s: about 500 steps at the first pace
-    first_plan = int(capsys.readouterr().out.split("-> max_iters ")[1].split(",")[0])
+    first_plan = int(capsys.readouterr().out.split("-> max_iters ")[1].split()[0])
     assert first_plan > 400  # planned at 10 ms a step
     assert trainer.step == trainer.cfg.max_iters == plan.max_iters  # the whole (re-sized) cosine ran
     assert trainer.step < 300  # fewer steps than the first plan: later steps cost three times as much
     assert clock["now"] <= 6.0 + 0.5  # on time, give or take one chunk's rounding
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4, rel=0.05)
+
+
+@pytest.mark.parametrize("minutes, dropout", [(0.02, 0.0), (0.5, 0.2)])
+def test_time_budget_turns_dropout_on_only_for_runs_long_enough_to_memorise(run_dir, monkeypatch, minutes, dropout):
+    """auto_dropout: at 10 ms a step, 1.2 s make a few passes over the tiny text, 30 s make many more than
+    MEMORISE_EPOCHS; every dropout layer of the model, and the config saved with it, follow the plan."""
+    from tinyllm_lib import budget
+    from tinyllm_lib.attention import MultiHeadAttention
+    from tinyllm_lib.data import prepare_data
+    from tinyllm_lib.model import GPTConfig
+    from tinyllm_lib.trainer import TrainConfig, Trainer
+
+    data = prepare_data(TEXT, 90, run_dir / "cache", name="play")
+    model_cfg = GPTConfig.preset("tiny", vocab_size=data.tokenizer.vocab_size, d_model=16, n_layers=1, n_heads=2,
+                                 d_ff=32, context_length=16, dropout=0.0)
+    trainer = Trainer(model_cfg, TrainConfig(batch_size=2, max_iters=budget.BUDGET_PLACEHOLDER_ITERS, eval_iters=1,
+                                             dtype="float32", out_dir=str(run_dir / "drop")), data, device="cpu")
+    clock = {"now": 0.0}
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: clock["now"])
+    step = trainer.train_step
+
+    def timed_step():
+        clock["now"] += 0.01
+        return step()
+
+    monkeypatch.setattr(trainer, "train_step", timed_step)
+    plan = budget.plan_time_budget(trainer, minutes)
+    assert (plan.epochs >= budget.MEMORISE_EPOCHS) == (dropout > 0)
+    assert plan.epochs == pytest.approx(plan.max_iters * 2 * 16 / len(data.train))
+    budget.set_dropout(trainer, budget.BUDGET_DROPOUT if plan.epochs >= budget.MEMORISE_EPOCHS else 0.0)
+    rates = [m.p for m in trainer.raw_model.modules() if isinstance(m, torch.nn.Dropout)]
+    rates += [m.dropout for m in trainer.raw_model.modules() if isinstance(m, MultiHeadAttention)]
+    assert len(rates) > 3 and set(rates) == {dropout}
+    assert trainer.state_dict()["model_config"]["dropout"] == dropout
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -341,6 +375,7 @@ def test_init_from_fine_tunes_the_pretrained_weights_with_their_tokenizer(run_di
     (["--resume"], "cannot be combined with --resume"),
     (["--d_model", "64", "--n_layers", "2"], "cannot be combined with --d_model, --n_layers"),
     (["--config", "small"], "cannot be combined with --config"),
+    (["--style", "llama"], "cannot be combined with --style"),
     (["--context_length", "16"], "cannot be combined with --context_length"),
 ])
 def test_init_from_refuses_resume_and_shape_flags(run_dir, capsys, extra, message):

@@ -19,11 +19,17 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
+from tinyllm_lib.attention import MultiHeadAttention
 from tinyllm_lib.trainer import Trainer
 
 BUDGET_PLACEHOLDER_ITERS = 10**9  # a run's length before plan_time_budget has measured it
-BUDGET_DROPOUT_MINUTES = 10  # shorter budgets train without dropout: too few epochs to overfit
+# Passes over the training tokens after which the CPU model of section 11 starts to memorise Tiny
+# Shakespeare without dropout (its validation loss turns up near 10 epochs): a budget that plans fewer
+# trains without dropout, which would only slow its learning; a longer one gets BUDGET_DROPOUT.
+MEMORISE_EPOCHS = 10
+BUDGET_DROPOUT = 0.2
 
 
 @dataclass
@@ -34,6 +40,7 @@ class BudgetPlan:
     eval_time: float  # seconds per evaluation
     max_iters: int
     warmup_iters: int
+    epochs: float = 0.0  # passes over the training tokens that max_iters makes
 
 
 def plan_time_budget(trainer: Trainer, minutes: float, start: float | None = None, evaluations: int = 10,
@@ -66,21 +73,37 @@ def plan_time_budget(trainer: Trainer, minutes: float, start: float | None = Non
     warmup_iters = min(trainer.cfg.warmup_iters, max_iters // 10)
     trainer.cfg = dataclasses.replace(trainer.cfg, max_iters=max_iters, eval_interval=max_iters // evaluations,
                                       warmup_iters=warmup_iters)
-    return BudgetPlan(step_time, eval_time, max_iters, warmup_iters)
+    epochs = max_iters * trainer.tokens_per_step / len(trainer.data.train)
+    return BudgetPlan(step_time, eval_time, max_iters, warmup_iters, epochs)
 
 
-def fit_time_budget(trainer: Trainer, minutes: float, start: float | None = None, evaluations: int = 10) -> BudgetPlan:
+def set_dropout(trainer: Trainer, p: float) -> None:
+    """Change the dropout probability of every layer of `trainer`'s model (and its recorded config)."""
+    for module in trainer.raw_model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        elif isinstance(module, MultiHeadAttention):
+            module.dropout = p  # the attention weights' dropout, applied inside attention
+    trainer.model_cfg = dataclasses.replace(trainer.model_cfg, dropout=p)
+
+
+def fit_time_budget(trainer: Trainer, minutes: float, start: float | None = None, evaluations: int = 10,
+                    auto_dropout: bool = False) -> BudgetPlan:
     """`plan_time_budget`, then train in `evaluations` chunks, each ending with an evaluation and a
     checkpoint. After each chunk the steps left are sized again from the pace of that chunk, so that
     the cosine still ends on time when the machine slows down or speeds up mid-run (another program
-    starts, a laptop throttles); a run whose budget is spent anyway stops after its chunk."""
+    starts, a laptop throttles); a run whose budget is spent anyway stops after its chunk.
+    `auto_dropout`: dropout BUDGET_DROPOUT if the plan makes MEMORISE_EPOCHS passes over the data or
+    more, none otherwise (what `--time_budget` does when `--dropout` is not given)."""
     start = time.perf_counter() if start is None else start
     deadline = start + minutes * 60
     plan = plan_time_budget(trainer, minutes, start, evaluations)
+    if auto_dropout:
+        set_dropout(trainer, BUDGET_DROPOUT if plan.epochs >= MEMORISE_EPOCHS else 0.0)
     if trainer.dist.master:
         print(f"time budget {minutes:g} min: {plan.step_time * 1000:.0f} ms/step and {plan.eval_time:.1f} s/evaluation "
-              f"measured -> max_iters {plan.max_iters}, warmup_iters {plan.warmup_iters}, "
-              f"eval_interval {trainer.cfg.eval_interval}")
+              f"measured -> max_iters {plan.max_iters} ({plan.epochs:.1f} epochs), warmup_iters {plan.warmup_iters}, "
+              f"eval_interval {trainer.cfg.eval_interval}, dropout {trainer.model_cfg.dropout:g}")
     for k in range(evaluations, 0, -1):  # k chunks left, this one included
         chunk_start, first_step = time.perf_counter(), trainer.step
         trainer.fit(until=first_step + (trainer.cfg.max_iters - first_step) // k)
@@ -101,15 +124,10 @@ def fit_time_budget(trainer: Trainer, minutes: float, start: float | None = None
     return plan
 
 
-def budget_settings(minutes: float) -> dict:
-    """The recipe `--time_budget` trains when no model or training flag says otherwise: the CPU model of
-    section 11 (BPE 512, 4 layers x 128, context 128, batch 16, lr 2e-3 -> 2e-4), with dropout only
-    for budgets long enough to memorise the 1 MB corpus (`bench/quality.py` measures both sides).
-
-    >>> budget_settings(5)["model"]["dropout"], budget_settings(15)["model"]["dropout"]
-    (0.0, 0.2)
-    """
-    dropout = 0.0 if minutes < BUDGET_DROPOUT_MINUTES else 0.2
-    return {"model": dict(d_model=128, n_layers=4, n_heads=4, d_ff=512, context_length=128, dropout=dropout),
-            "vocab_size": 512,
-            "train": dict(batch_size=16, lr=2e-3, min_lr=2e-4, warmup_iters=100)}
+# The recipe `--time_budget` trains when no flag says otherwise: the CPU model of section 11 and its
+# learning rates; its dropout is chosen from the plan (auto_dropout).
+BUDGET_RECIPE = {
+    "model": dict(d_model=128, n_layers=4, n_heads=4, d_ff=512, context_length=128, dropout=0.0),
+    "vocab_size": 512,
+    "train": dict(batch_size=16, lr=2e-3, min_lr=2e-4, warmup_iters=100),
+}

@@ -15,9 +15,12 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
+import multiprocessing
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinyllm_lib.tokenizer import BPETokenizer
+from tinyllm_lib.tokenizer import STREAM_CUT, BPETokenizer, encode_file_job
 
 CACHE_VERSION = 1
 
@@ -75,38 +78,40 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def cached_tokens(text: str, tokenizer: BPETokenizer, path: str | Path) -> np.memmap:
+def cached_tokens(text: str, tokenizer: BPETokenizer, path: str | Path, workers: int = 1) -> np.memmap:
     """Token ids of `text`, stored at `path` (+ `path.json` describing it) and memory-mapped.
 
     The file is rebuilt when the text or the tokenizer changes (their hashes are in the .json),
     so a stale cache can never be read silently. A memmap reads pages on demand: a corpus of
-    billions of tokens needs no RAM beyond the windows actually sampled.
+    billions of tokens needs no RAM beyond the windows actually sampled. `workers > 1` encodes
+    pieces of the text in parallel processes (section 2b); the ids are the same.
     """
+    want = {"text_sha256": sha256_text(text)}
+    return _cached(path, tokenizer, want, lambda tmp: _encode_text(text, tokenizer, tmp, workers))
+
+
+def _cached(path: str | Path, tokenizer: BPETokenizer, source: dict, build: Callable[[Path], int]) -> np.ndarray:
+    """The token file at `path` if its .json matches `source` and the tokenizer, else `build(tmp)`
+    writes the ids to `tmp` (returning the number of characters read) and the file is replaced."""
     path = Path(path)
     meta_path = path.with_name(path.name + ".json")
     dtype = token_dtype(tokenizer.vocab_size)
-    want = {
-        "version": CACHE_VERSION,
-        "text_sha256": sha256_text(text),
-        "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
-        "dtype": dtype.name,
-    }
+    want = {"version": CACHE_VERSION, **source, "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
+            "dtype": dtype.name}
+    meta = {}
     if path.is_file() and meta_path.is_file():
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except ValueError:
             meta = {}
-        fresh = all(meta.get(k) == v for k, v in want.items())
-        if fresh and path.stat().st_size == meta.get("n_tokens", -1) * dtype.itemsize:
-            return np.memmap(path, dtype=dtype, mode="r")
-        if fresh and meta.get("n_tokens") == 0:
-            return np.zeros(0, dtype=dtype)  # numpy cannot memory-map an empty file
-    ids = np.asarray(tokenizer.encode(text), dtype=dtype)
-    atomic_write(path, lambda tmp: tmp.write_bytes(ids.tobytes()))
-    meta = {**want, "n_tokens": int(ids.size), "n_chars": len(text)}
-    atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
-    if ids.size == 0:
-        return ids
+    fresh = bool(meta) and all(meta.get(k) == v for k, v in want.items())
+    if not (fresh and path.is_file() and path.stat().st_size == meta.get("n_tokens", -1) * dtype.itemsize):
+        n_chars = []
+        atomic_write(path, lambda tmp: n_chars.append(build(tmp)))
+        meta = {**want, "n_tokens": path.stat().st_size // dtype.itemsize, "n_chars": n_chars[0]}
+        atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
+    if meta["n_tokens"] == 0:
+        return np.zeros(0, dtype=dtype)  # numpy cannot memory-map an empty file
     return np.memmap(path, dtype=dtype, mode="r")
 
 
@@ -135,31 +140,150 @@ class TokenData:
 
 
 def prepare_data(
-    text: str,
+    text: str | os.PathLike,
     vocab_size: int,
     cache_dir: str | Path,
     name: str = "corpus",
     val_fraction: float = 0.1,
     byte_level: bool = False,
+    workers: int = 1,
+    tokenizer_chars: int = 2_000_000,
 ) -> TokenData:
     """Split `text`, train (or load) a tokenizer on the training part, tokenize both parts once.
 
     Cache files are named by a hash of the text and of the split (the tokenizer is trained on the
     training part only), so two corpora or two splits never collide:
     `<cache_dir>/<name>-<hash>-bpe<vocab>.json`, `...-train.bin`, `...-val.bin`.
+
+    `text` may also be a `Path` to a UTF-8 file larger than memory (section 2b): it is split by
+    bytes, the tokenizer learns from its first `tokenizer_chars` characters, and `workers`
+    processes tokenize it straight into the token files. `workers` encodes a string in parallel too.
     """
+    if isinstance(text, os.PathLike):
+        return _prepare_file(Path(text), vocab_size, cache_dir, name, val_fraction, byte_level, workers,
+                             tokenizer_chars)
     if not text:
         raise ValueError(f"{name}: the training text is empty")
     train_text, val_text = split_text(text, val_fraction)
     key = sha256_text(f"val_fraction={val_fraction!r}\n{text}")[:12]
     stem = Path(cache_dir) / f"{name}-{key}-{'byte' if byte_level else 'bpe'}{vocab_size}"
     tokenizer = cached_tokenizer(train_text, vocab_size, f"{stem}.json", byte_level)
-    train = cached_tokens(train_text, tokenizer, f"{stem}-train.bin")
-    val = cached_tokens(val_text, tokenizer, f"{stem}-val.bin")
+    train = cached_tokens(train_text, tokenizer, f"{stem}-train.bin", workers)
+    val = cached_tokens(val_text, tokenizer, f"{stem}-val.bin", workers)
+    return _token_data(tokenizer, train, val, len(val_text), name, f"{len(text):,} characters", val_fraction)
+
+
+def _token_data(tokenizer, train, val, val_chars, name, size, val_fraction) -> TokenData:
     if len(train) == 0 or len(val) == 0:
-        raise ValueError(f"{name}: the {'validation' if len(train) else 'training'} split of {len(text):,} "
-                         f"characters (val_fraction={val_fraction}) holds no token; use a longer text")
-    return TokenData(tokenizer, train, val, len(val_text))
+        raise ValueError(f"{name}: the {'validation' if len(train) else 'training'} split of {size} "
+                         f"(val_fraction={val_fraction}) holds no token; use a longer text")
+    return TokenData(tokenizer, train, val, val_chars)
+
+
+def safe_cut_at(path: Path, offset: int, end: int, window: int = 1 << 16) -> int:
+    """The first byte offset >= `offset` where the file's text can be cut (`STREAM_CUT`), or `end`."""
+    with open(path, "rb") as f:
+        while offset < end:
+            begin = max(offset - 8, 0)  # from two characters earlier: a cut looks at them
+            f.seek(begin)
+            raw = f.read(min(window, end - begin))
+            skip = next((i for i, b in enumerate(raw[:4]) if b & 0xC0 != 0x80), 0)  # a character's first byte
+            text = codecs.getincrementaldecoder("utf-8")().decode(raw[skip:])  # holds back a cut-off char
+            for m in STREAM_CUT.finditer(text):
+                at = begin + skip + len(text[: m.start()].encode("utf-8"))
+                if at >= offset:
+                    return at
+            offset = max(begin + len(raw) - 4, offset + 1)  # the next window overlaps this one
+    return end
+
+
+def _join_parts(jobs: list[tuple], workers: int, tmp: Path) -> int:
+    """Run `encode_file_job` jobs (chapter 01) in `workers` processes, append their part files to
+    `tmp` in order; returns the characters read."""
+    if workers > 1 and len(jobs) > 1:
+        # spawn: a fresh interpreter per worker (fork is unsafe after torch has started threads)
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+            n_chars = pool.starmap(encode_file_job, jobs)
+    else:
+        n_chars = [encode_file_job(*job) for job in jobs]
+    with open(tmp, "wb") as f:
+        for job in jobs:
+            with open(job[-1], "rb") as part:
+                shutil.copyfileobj(part, f)
+            os.unlink(job[-1])
+    return sum(n_chars)
+
+
+def encode_file(path: str | Path, tokenizer: BPETokenizer, out: Path, start: int = 0, end: int | None = None,
+                workers: int = 1) -> int:
+    """Tokenize bytes [start, end) of a UTF-8 file into the flat id file `out`; returns characters read.
+
+    The range is cut at safe cuts into `workers` shares encoded in parallel; the result equals
+    `tokenizer.encode(text of the range)`. Memory per worker: a 1 MB block and the ids of one block.
+    """
+    path, out = Path(path), Path(out)
+    end = path.stat().st_size if end is None else end
+    bounds = [start]
+    for k in range(1, workers):
+        cut = safe_cut_at(path, max(start + (end - start) * k // workers, bounds[-1] + 1), end)
+        if cut < end:
+            bounds.append(cut)
+    bounds.append(end)
+    parts = [out.with_name(f"{out.name}.part{k}") for k in range(len(bounds) - 1)]
+    jobs = [(tokenizer.to_dict(), str(path), a, b, k == 0, str(p))
+            for k, (a, b, p) in enumerate(zip(bounds, bounds[1:], parts))]
+    try:
+        return _join_parts(jobs, workers, out)
+    finally:
+        for p in parts:
+            p.unlink(missing_ok=True)
+
+
+def _encode_text(text: str, tokenizer: BPETokenizer, tmp: Path, workers: int) -> int:
+    """A string's ids into `tmp` (in `workers` processes through a temporary file if > 1)."""
+    if workers <= 1:
+        dtype = token_dtype(tokenizer.vocab_size)
+        tmp.write_bytes(np.asarray(tokenizer.encode(text), dtype=dtype).tobytes())
+        return len(text)
+    source = tmp.with_name(tmp.name + ".txt")
+    try:
+        source.write_text(text, encoding="utf-8")
+        return encode_file(source, tokenizer, tmp, workers=workers)
+    finally:
+        source.unlink(missing_ok=True)
+
+
+def _prepare_file(path: Path, vocab_size: int, cache_dir: str | Path, name: str, val_fraction: float,
+                  byte_level: bool, workers: int, tokenizer_chars: int) -> TokenData:
+    """`prepare_data` for a file: split by bytes, never the whole text in memory."""
+    if not path.is_file():
+        raise ValueError(f"{name}: {path} is not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{name}: {path} is empty")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1 (got {val_fraction})")
+    with open(path, "rb") as f:
+        sha = hashlib.sha256()
+        while block := f.read(1 << 24):
+            sha.update(block)
+        digest = sha.hexdigest()
+        split = int(size * (1.0 - val_fraction))
+        f.seek(split)
+        split += next((i for i, b in enumerate(f.read(4)) if b & 0xC0 != 0x80), 0)  # a character's first byte
+        f.seek(0)
+        head = f.read(min(split, 4 * tokenizer_chars)).decode("utf-8", errors="ignore")[:tokenizer_chars]
+    key = sha256_text(f"val_fraction={val_fraction!r}\ntokenizer_chars={tokenizer_chars}\n{digest}")[:12]
+    stem = Path(cache_dir) / f"{name}-{key}-{'byte' if byte_level else 'bpe'}{vocab_size}"
+    tokenizer = cached_tokenizer(head, vocab_size, f"{stem}.json", byte_level)
+    del head
+    out = {}
+    for split_name, (a, b) in (("train", (0, split)), ("val", (split, size))):
+        source = {"file_sha256": digest, "bytes": [a, b]}
+        out[split_name] = _cached(f"{stem}-{split_name}.bin", tokenizer, source,
+                                  lambda tmp, a=a, b=b: encode_file(path, tokenizer, tmp, a, b, workers))
+    val_chars = json.loads(Path(f"{stem}-val.bin.json").read_text(encoding="utf-8"))["n_chars"]
+    return _token_data(tokenizer, out["train"], out["val"], val_chars, name, f"{size:,} bytes", val_fraction)
 
 
 def get_batch(

@@ -26,6 +26,7 @@ from tinyllm_lib.attention import MultiHeadAttention
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu", "swiglu")
 POS_EMBS = ("sinusoidal", "learned", "rope")
 NORMS = ("pre", "post")
+NORM_TYPES = ("layernorm", "rmsnorm")
 
 
 class FeedForward(nn.Module):
@@ -125,6 +126,7 @@ class GPTConfig:
     activation: str = "gelu"  # one of ACTIVATIONS
     pos_emb: str = "sinusoidal"  # one of POS_EMBS
     norm: str = "pre"  # "pre": x + f(LN(x)); "post": LN(x + f(x)) as in the 2017 Transformer
+    norm_type: str = "layernorm"  # or "rmsnorm" (LLaMA's; chapter 09 measures it)
     bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2 has them)
     tie_weights: bool = True  # the LM head reuses the token embedding matrix
     flash: bool = True  # F.scaled_dot_product_attention instead of the from-scratch attention
@@ -137,7 +139,8 @@ class GPTConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"GPTConfig: {name}={value!r} must be a positive integer")
-        for name, allowed in (("activation", ACTIVATIONS), ("pos_emb", POS_EMBS), ("norm", NORMS)):
+        for name, allowed in (("activation", ACTIVATIONS), ("pos_emb", POS_EMBS), ("norm", NORMS),
+                              ("norm_type", NORM_TYPES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"GPTConfig: {name}={getattr(self, name)!r} is not one of {', '.join(map(repr, allowed))}"
@@ -163,11 +166,16 @@ class GPTConfig:
         return self.d_model // self.n_heads
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> GPTConfig:
-        """`GPTConfig.preset("tiny", vocab_size=65)`: a named size, any field overridden."""
+    def preset(cls, name: str, style: str = "gpt2", **overrides) -> GPTConfig:
+        """`GPTConfig.preset("tiny", vocab_size=65)`: a named size, any field overridden.
+
+        `style="llama"` swaps GPT-2's block for LLaMA's (RMSNorm, RoPE, SwiGLU, no biases; chapter 09).
+        """
         if name not in PRESETS:
             raise ValueError(f"GPTConfig.preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        if style not in STYLES:
+            raise ValueError(f"GPTConfig.preset: unknown style {style!r}; choose one of {', '.join(STYLES)}")
+        return cls(**{**PRESETS[name], **STYLES[style], **overrides})
 
 
 # ~10M, ~22M and ~65M parameters with vocab_size=10000 (the table printed in chapter 03).
@@ -176,6 +184,41 @@ PRESETS = {
     "small": dict(d_model=512, n_layers=8, n_heads=8, d_ff=1024),
     "medium": dict(d_model=768, n_layers=12, n_heads=12, d_ff=1536),
 }
+# Block designs, independent of size: GPT-2's (the defaults) and LLaMA's (Touvron et al. 2023).
+STYLES = {
+    "gpt2": {},
+    "llama": dict(norm_type="rmsnorm", pos_emb="rope", activation="swiglu", bias=False),
+}
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x²) + eps) · g over the last dimension: no mean subtraction, no bias.
+
+    `elementwise_affine=False` drops the learned gain g. (…, C) -> (…, C).
+
+    >>> RMSNorm(4)(torch.tensor([[3.0, -3.0, 3.0, -3.0]]))   # root mean square 3 -> ±1
+    tensor([[ 1.0000, -1.0000,  1.0000, -1.0000]], grad_fn=<MulBackward0>)
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In float32: a mean of squares in bf16 loses the small channels (chapter 05).
+        rms_inv = torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (…, 1)
+        y = x.float() * rms_inv
+        if self.weight is not None:
+            y = y * self.weight.float()
+        return y.to(x.dtype)  # (…, C) in the input's dtype
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    """The normalisation layer `config.norm_type` asks for, of width d_model."""
+    if config.norm_type == "rmsnorm":
+        return RMSNorm(config.d_model)
+    return nn.LayerNorm(config.d_model, bias=config.bias)
 
 
 class Block(nn.Module):
@@ -184,11 +227,11 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.pre_norm = config.norm == "pre"
-        self.ln1 = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.ln1 = make_norm(config)
         self.attn = MultiHeadAttention(
             config.d_model, config.n_heads, bias=config.bias, dropout=config.dropout, flash=config.flash
         )
-        self.ln2 = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.ln2 = make_norm(config)
         self.ffn = FeedForward(config.d_model, config.d_ff, config.activation, config.bias, config.dropout)
 
     def forward(self, x, rotary=None, need_weights=False):
@@ -219,7 +262,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         # Post-norm blocks already end with a LayerNorm; pre-norm needs one before the head.
-        self.ln_f = nn.LayerNorm(C, bias=config.bias) if config.norm == "pre" else nn.Identity()
+        self.ln_f = make_norm(config) if config.norm == "pre" else nn.Identity()
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.tok_emb.weight  # one (vocab_size, C) matrix, two uses

@@ -195,6 +195,7 @@ def gpt2_config_fields(cfg: GPTConfig) -> dict:
     """The config.json fields describing `cfg`: the inverse of gpt2_config."""
     activations = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
     for field, value, allowed in (("pos_emb", cfg.pos_emb, ("learned",)), ("norm", cfg.norm, ("pre",)),
+                                  ("norm_type", cfg.norm_type, ("layernorm",)),
                                   ("bias", cfg.bias, (True,)), ("activation", cfg.activation, tuple(activations))):
         if value not in allowed:
             raise PretrainedError(f"GPTConfig: {field}={value!r} has no GPT-2 equivalent (GPT-2 needs "

@@ -44,7 +44,7 @@ from tinyllm_lib.data import (
 )
 from tinyllm_lib.distributed import init_distributed, shutdown  # several processes: chapter 06
 from tinyllm_lib.env import QUICK
-from tinyllm_lib.model import GPTConfig
+from tinyllm_lib.model import ACTIVATIONS, NORM_TYPES, POS_EMBS, STYLES, GPTConfig
 from tinyllm_lib.tokenizer import BPETokenizer
 from tinyllm_lib.trainer import TrainConfig, Trainer, TrainingDiverged, plot_metrics, resolve_dtype
 
@@ -89,6 +89,22 @@ def shakespeare_checkpoint(quick: bool = QUICK, root: str | os.PathLike | None =
 
 
 MODEL_FLAGS = ("vocab_size", "context_length", "d_model", "n_layers", "n_heads", "d_ff", "dropout")
+ARCH_FLAGS = {"activation": ACTIVATIONS, "pos_emb": POS_EMBS, "norm_type": NORM_TYPES}  # chapter 09's switches
+
+
+def parse_bool(value: str) -> bool:
+    """`--flag False` as well as `--flag`: true/false, yes/no, 1/0 in any case.
+
+    >>> parse_bool("False"), parse_bool("yes")
+    (False, True)
+    """
+    if isinstance(value, bool):
+        return value
+    words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if value.lower() not in words:
+        raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+    return words[value.lower()]
+
 FLAG_HELP = {
     "vocab_size": "tokenizer size to train, and so the model's vocabulary", "context_length": "tokens per window",
     "d_model": "model width", "n_layers": "transformer blocks", "n_heads": "attention heads",
@@ -100,8 +116,11 @@ FLAG_HELP = {
     "eval_interval": "evaluate and checkpoint every N steps", "eval_iters": "batches per evaluation",
     "log_interval": "log every N steps", "dtype": "auto | float32 | bfloat16 | float16 (chapter 05)",
     "seed": "random seed", "compile": "torch.compile the model",
+    "activation": "the FFN's activation", "pos_emb": "positions: sinusoidal, learned or rope",
+    "norm_type": "layernorm or rmsnorm",
 }
-SHAPE_FLAGS = ("config", "vocab_size", "context_length", "d_model", "n_layers", "n_heads", "d_ff", "use_learned_pos_emb")
+# What --init_from takes from its checkpoint: every model flag but dropout, which fine-tuning may change.
+SHAPE_FLAGS = ("config", "style", *ARCH_FLAGS, *(k for k in MODEL_FLAGS if k != "dropout"), "use_learned_pos_emb")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time_budget", type=float, default=None, metavar="MINUTES",
                    help="train for this many minutes of wall-clock time: timed first steps size the warmup + "
                         "cosine schedule (max_iters, eval_interval, warmup_iters) to end on time")
-    p.add_argument("--use_learned_pos_emb", action="store_true", help="learned positions instead of the preset's")
+    p.add_argument("--use_learned_pos_emb", nargs="?", const=True, default=False, type=parse_bool,
+                   help="learned positions instead of the preset's (also: --use_learned_pos_emb True|False)")
+    p.add_argument("--style", default="gpt2", choices=tuple(STYLES),
+                   help="block design: gpt2 (LayerNorm, GELU, biases) or llama (RMSNorm, RoPE, SwiGLU, no biases)")
+    for name, choices in ARCH_FLAGS.items():  # default None: keep the preset's (and the style's) value
+        p.add_argument(f"--{name}", default=None, choices=choices, help=f"{FLAG_HELP[name]} (default: the preset's)")
     for name in MODEL_FLAGS:  # default None: keep the preset's value
         p.add_argument(f"--{name}", type=float if name == "dropout" else int, default=None,
                        help=f"{FLAG_HELP[name]} (default: the preset's)")
@@ -165,7 +189,7 @@ def tokens_with(tokenizer: BPETokenizer, text: str, name: str, cache_dir: str | 
 def model_config_from_args(args: argparse.Namespace, vocab_size: int | None = None,
                            base: dict | None = None) -> GPTConfig:
     """The preset (or `base`, a checkpoint's model config) with the model flags on top."""
-    overrides = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in (*MODEL_FLAGS, *ARCH_FLAGS) if getattr(args, k) is not None}
     if vocab_size is not None:
         overrides["vocab_size"] = vocab_size
     if args.use_learned_pos_emb:
@@ -173,7 +197,7 @@ def model_config_from_args(args: argparse.Namespace, vocab_size: int | None = No
     try:
         if base is not None:
             return GPTConfig(**{**base, **overrides})
-        return GPTConfig.preset(args.config, **overrides)
+        return GPTConfig.preset(args.config, style=args.style, **overrides)
     except (ValueError, TypeError) as exc:  # GPTConfig names the field; we name the flags
         raise ValueError(f"model flags (--config {args.config}): {exc}") from exc
 
@@ -216,7 +240,7 @@ def resume_settings(args: argparse.Namespace, state: dict) -> tuple[dict | None,
     base = None
     if "config" not in given:
         base = dict(state["model_config"])
-        for name in (*MODEL_FLAGS, "use_learned_pos_emb"):
+        for name in (*MODEL_FLAGS, *ARCH_FLAGS, "use_learned_pos_emb"):
             if name not in given and name in base:
                 setattr(args, name, base[name])
     changed = []

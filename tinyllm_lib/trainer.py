@@ -266,7 +266,8 @@ class Trainer:
 
     def load_state_dict(self, state: dict, source: str = "checkpoint") -> None:
         """Restore a checkpoint after checking it belongs to this model and tokenizer."""
-        ours, theirs = asdict(self.model_cfg), state["model_config"]
+        # A field added since the checkpoint was written takes its default: older checkpoints resume.
+        ours, theirs = asdict(self.model_cfg), asdict(GPTConfig(**state["model_config"]))
         diffs = [f"{k}={theirs.get(k)!r} in the checkpoint, {ours.get(k)!r} from the flags"
                  for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
         if diffs:

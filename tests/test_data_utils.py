@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tinyllm_lib.data_utils import (
+    IGNORE_INDEX,
     QADataError,
     create_dataloader,
     exact_match,
@@ -19,6 +20,8 @@ from tinyllm_lib.data_utils import (
     make_example,
     pad_batch,
     prepare_custom_data,
+    prompt_template,
+    qa_token_data,
     token_f1,
     validate_record,
     wrap_pair,
@@ -294,3 +297,46 @@ def test_snippet_runs_as_written(tmp_path, monkeypatch):
     assert tokenizer.bos_id == 2 and tokenizer.eos_id == 3 and tokenizer.pad_id == 0
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert all(w.startswith("data/") for w in written) and os.getcwd() == str(tmp_path)
+
+
+# -- the Trainer's view of the pairs (the train command's --data x.json) -------------------------------------
+def test_prompt_template_gives_wrap_pairs_prompt(tok):
+    template = prompt_template(tok)
+    assert template == "<BOS>Question: {question}\nAnswer:"
+    for p in PAIRS:
+        ids, prompt_len = wrap_pair(p["question"], p["answer"], tok)
+        assert tok.encode(template.format(question=p["question"])) == ids[:prompt_len]
+    assert tok.encode(template.format(question="a {brace}?"))[0] == tok.bos_id  # the question is not a format string
+
+
+def test_qa_token_data_batches_are_padded_pairs_with_question_and_padding_ignored(tmp_path, tok):
+    path = write(tmp_path / "pairs.json", PAIRS)
+    data = qa_token_data(path, context_length=64, tokenizer=tok, cache_dir=tmp_path / "c")
+    assert data.tokenizer is tok and len(data.train) == 11 and len(data.val) == 1  # id 10 held out
+    assert data.prompt_template == prompt_template(tok)
+    x, y = data.get_batch(data.train, 6, 64, torch.Generator().manual_seed(0))
+    rows = torch.randint(len(data.train), (6,), generator=torch.Generator().manual_seed(0)).tolist()
+    assert x.shape == y.shape == (6, max(len(data.train.examples[i][0]) for i in rows) - 1)
+    for b, i in enumerate(rows):
+        ids, prompt_len = data.train.examples[i]
+        n = len(ids) - 1
+        assert x[b, :n].tolist() == ids[:-1] and (x[b, n:] == tok.pad_id).all()
+        assert (y[b, : prompt_len - 1] == IGNORE_INDEX).all()  # the question
+        assert y[b, prompt_len - 1 : n].tolist() == ids[prompt_len:]  # the answer and its EOS
+        assert (y[b, n:] == IGNORE_INDEX).all()  # the padding
+    logits = torch.randn(*y.shape, tok.vocab_size)
+    assert torch.allclose(lm_loss(logits, y), lm_loss(logits, y.masked_fill(y == IGNORE_INDEX, tok.pad_id),
+                                                     ignore_index=tok.pad_id))  # the Trainer's plain loss
+    answer_chars = sum(len(r["answer"]) + 1 for r in data.val.records)
+    answer_tokens = sum(len(ids) - p for ids, p in data.val.examples)
+    assert data.val_chars_per_token == pytest.approx(answer_chars / answer_tokens)
+
+
+def test_qa_token_data_trains_a_tokenizer_only_without_one(tmp_path):
+    path = write(tmp_path / "pairs.json", PAIRS)
+    data = qa_token_data(path, context_length=64, vocab_size=120, cache_dir=tmp_path / "c")
+    assert data.tokenizer.vocab_size <= 120 and data.tokenizer.bos_id != data.tokenizer.eos_id
+    assert all(data.tokenizer.unk_id not in ids for ids, _ in data.train.examples)  # trained on these pairs
+    write(path, PAIRS[:9])  # ids 1..9: nothing held out
+    with pytest.raises(QADataError, match="pairs.json: no pair is held out for validation"):
+        qa_token_data(path, context_length=64, vocab_size=120, cache_dir=tmp_path / "c")

@@ -340,10 +340,10 @@ def test_explorer_buttons_and_sliders(tok):
 
 
 # -- checkpoints and the CLI --------------------------------------------------------------------
-def write_checkpoint(path, tok, model):
+def write_checkpoint(path, tok, model, **extra):
     save_checkpoint({"version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": {}, "scaler": {},
                      "model_config": asdict(model.config), "train_config": {}, "tokenizer": tok.to_dict(),
-                     "step": 1, "best_val_loss": 1.0, "rng": []}, path)
+                     "step": 1, "best_val_loss": 1.0, "rng": [], **extra}, path)
 
 
 def test_load_model_errors_name_the_file(tmp_path, tok):
@@ -396,3 +396,26 @@ def test_cli_smoke_run_streams_text(tmp_path, tok):
                           "--prompt", "All", "--top_k", "5", "--seed", "1", "--num_samples", "2",
                           "--max_tokens", "10"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.count("--- sample") == 2
+
+
+def test_cli_answers_a_question_with_a_question_answer_checkpoint(tmp_path, capsys, tok):
+    """The checkpoint's prompt template wraps the question; greedy by default; the answer alone, cut at <EOS>."""
+    model = tiny_model(vocab=tok.vocab_size, context=64, seed=0)
+    template = "<BOS>Question: {question}\nAnswer:"
+    write_checkpoint(tmp_path / "qa.pt", tok, model, prompt_template=template)
+    prompt_ids = tok.encode(template.format(question="Who are you?"))
+    assert prompt_ids[0] == tok.bos_id and tok.eos_id not in prompt_ids
+    # without eos_id: what the model writes, <EOS> and beyond (the penalty keeps a random model from looping)
+    raw = generate_ids(model, prompt_ids, 30, temperature=0, repetition_penalty=3.0)[0]
+    assert 5 <= raw.index(tok.eos_id) < 25
+    answer = tok.decode(raw[: raw.index(tok.eos_id)]).strip()
+    assert main(["--checkpoint", str(tmp_path / "qa.pt"), "--prompt", "Who are you?", "--max_tokens", "30",
+                 "--repetition_penalty", "3", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out == answer + "\n" and len(answer) > 5 and "Question" not in out
+    assert main(["--checkpoint", str(tmp_path / "qa.pt"), "--prompt", "Who are you?", "--max_tokens", "30",
+                 "--temperature", "1.5", "--seed", "0", "--num_samples", "2"]) == 0  # sampling on request
+    assert capsys.readouterr().out.count("--- sample") == 2
+    for bad in ["", "Who <EOS> are you?"]:
+        assert main(["--checkpoint", str(tmp_path / "qa.pt"), "--prompt", bad]) == 2
+        assert "qa.pt answers questions: --prompt must be a question" in capsys.readouterr().err

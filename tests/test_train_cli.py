@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tinyllm_lib.checkpoint import load_checkpoint
+from tinyllm_lib.tokenizer import BPETokenizer
 from tinyllm_lib.train import main
 
 TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n\n"
@@ -313,3 +314,84 @@ def test_time_budget_bad_input(run_dir, capsys, extra, message):
     assert main(args(run_dir, *extra)) == 2
     assert message in capsys.readouterr().err
     assert not (run_dir / "out").exists()
+
+
+# -- question-answer pairs (a .json file, chapter 08) and fine-tuning (--init_from) -------------------------------
+PAIRS = [{"id": i, "question": f"Who is {name}?", "answer": f"{name} is in the play."}
+         for i, name in enumerate(["Romeo", "Juliet", "the east", "the sun", "the light", "a window", "soft",
+                                   "the window", "art thou", "Romeo Romeo", "O Romeo", "yonder"], start=1)]
+QA_FLAGS = ["--batch_size", "4", "--eval_interval", "2", "--eval_iters", "2", "--log_interval", "1",
+            "--dtype", "float32", "--device", "cpu"]
+
+
+def qa_args(run_dir, *extra, out="qa"):
+    (run_dir / "pairs.json").write_text(json.dumps(PAIRS), encoding="utf-8")
+    return ["--data", str(run_dir / "pairs.json"), "--out_dir", str(run_dir / out), "--cache_dir",
+            str(run_dir / "cache"), *QA_FLAGS, *extra]
+
+
+def test_json_data_trains_question_answer_pairs_from_scratch(run_dir, capsys):
+    shape = ["--vocab_size", "100", "--d_model", "32", "--n_layers", "1", "--n_heads", "2", "--d_ff", "64",
+             "--context_length", "32"]
+    assert main(qa_args(run_dir, *shape, "--max_iters", "4")) == 0
+    assert "pairs: 11 training / 1 validation pairs" in capsys.readouterr().out  # id 10 is held out
+    state = load_checkpoint(run_dir / "qa" / "latest.pt")
+    assert state["step"] == 4 and state["prompt_template"] == "<BOS>Question: {question}\nAnswer:"
+    tokenizer = BPETokenizer.from_dict(state["tokenizer"])  # trained on the wrapped pairs: every character known
+    assert tokenizer.unk_id not in tokenizer.encode("".join(p["question"] + p["answer"] for p in PAIRS))
+    assert state["model_config"]["vocab_size"] == tokenizer.vocab_size <= 100
+    assert main(qa_args(run_dir, "--max_iters", "6", "--resume")) == 0  # resumes with the checkpoint's tokenizer
+    assert load_checkpoint(run_dir / "qa" / "latest.pt")["step"] == 6
+    assert load_checkpoint(run_dir / "qa" / "best.pt")["prompt_template"] == state["prompt_template"]
+
+
+def test_a_text_checkpoint_records_no_prompt_template(run_dir):
+    assert main(args(run_dir, "--max_iters", "2")) == 0
+    assert load_checkpoint(run_dir / "out" / "latest.pt")["prompt_template"] is None
+
+
+@pytest.mark.parametrize("data", ["pairs", "text"])
+def test_init_from_fine_tunes_the_pretrained_weights_with_their_tokenizer(run_dir, capsys, data):
+    assert main(args(run_dir, "--max_iters", "3", "--dropout", "0.1")) == 0  # the "pretrained" text model
+    pre = load_checkpoint(run_dir / "out" / "latest.pt")
+    # lr 1e-9: after one step the weights are still the pretrained ones, which a fresh model's are not
+    tune = ["--init_from", str(run_dir / "out" / "latest.pt"), "--max_iters", "1", "--lr", "1e-9",
+            "--min_lr", "0", "--dropout", "0"]
+    argv = qa_args(run_dir, *tune, out="tuned") if data == "pairs" else [
+        "--data", str(run_dir / "play.txt"), "--out_dir", str(run_dir / "tuned"), "--cache_dir", str(run_dir / "cache"),
+        *QA_FLAGS, *tune]
+    assert main(argv) == 0
+    assert f"fine-tuning {run_dir / 'out' / 'latest.pt'} (step 3), with its tokenizer" in capsys.readouterr().out
+    tuned = load_checkpoint(run_dir / "tuned" / "latest.pt")
+    assert tuned["tokenizer"] == pre["tokenizer"]  # reused, never retrained
+    assert tuned["model_config"] == {**pre["model_config"], "dropout": 0.0}  # the shape; --dropout may change
+    assert tuned["step"] == 1
+    for name, weight in pre["model"].items():
+        assert torch.allclose(tuned["model"][name], weight, atol=1e-6), name
+    assert (tuned["prompt_template"] is not None) == (data == "pairs")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--resume"], "cannot be combined with --resume"),
+    (["--d_model", "64", "--n_layers", "2"], "cannot be combined with --d_model, --n_layers"),
+    (["--config", "small"], "cannot be combined with --config"),
+    (["--style", "llama"], "cannot be combined with --style"),
+    (["--context_length", "16"], "cannot be combined with --context_length"),
+])
+def test_init_from_refuses_resume_and_shape_flags(run_dir, capsys, extra, message):
+    assert main(args(run_dir, "--max_iters", "2")) == 0
+    capsys.readouterr()
+    assert main(qa_args(run_dir, "--init_from", str(run_dir / "out" / "latest.pt"), *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --init_from starts a new run from {run_dir / 'out' / 'latest.pt'}") and message in err
+    assert not (run_dir / "qa").exists()
+
+
+def test_init_from_a_missing_checkpoint_and_bad_pairs_are_named(run_dir, capsys):
+    assert main(qa_args(run_dir, "--init_from", str(run_dir / "nope.pt"))) == 2
+    assert f"{run_dir / 'nope.pt'}: no checkpoint there" in capsys.readouterr().err
+    (run_dir / "bad.json").write_text(json.dumps([{"id": 1, "question": "Who?"}]), encoding="utf-8")
+    argv = qa_args(run_dir)
+    argv[1] = str(run_dir / "bad.json")
+    assert main(argv) == 2
+    assert f"{run_dir / 'bad.json'}: entry 0 (id 1): field 'answer' is missing" in capsys.readouterr().err

@@ -27,6 +27,7 @@ import string
 import warnings
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -67,6 +68,17 @@ def wrap_pair(question: str, answer: str, tokenizer: BPETokenizer, add_eos: bool
     if ids[: len(prompt)] != prompt:  # "Answer:" ends a word in both flavours, so this should never happen
         raise ValueError(f"the prompt of {question!r} does not tokenize to a prefix of its pair")
     return ids, len(prompt)
+
+
+def prompt_template(tokenizer: BPETokenizer) -> str:
+    """`wrap_pair`'s prompt as a format string, its BOS written out: what a question-answer checkpoint
+    stores, so that generation wraps a question exactly as training did (`template.format(question=...)`).
+
+    >>> prompt_template(BPETokenizer())
+    '<BOS>Question: {question}\\nAnswer:'
+    """
+    literal = {i: s for s, i in tokenizer.specials.items()}  # the tokenizer reads "<BOS>" as the BOS id
+    return literal[tokenizer.bos_id] + format_prompt("{question}")
 
 
 def make_example(ids: list[int], prompt_len: int, ignore_index: int, mask_prompt: bool = True
@@ -397,3 +409,58 @@ def token_f1(prediction: str, reference: str) -> float:
         return 0.0
     precision, recall = shared / len(pred), shared / len(ref)
     return 2 * precision * recall / (precision + recall)
+
+
+IGNORE_INDEX = -100  # lm_loss's default ignore index: the Trainer's plain `lm_loss(model(x), y)` skips these targets
+
+
+@dataclass
+class QATokenData:
+    """Question-answer pairs for chapter 04's Trainer: what it reads from a `TokenData` (tokenizer,
+    train, val, val_chars_per_token), and a `get_batch` that draws whole pairs instead of windows.
+
+    A batch is `batch_size` pairs drawn at random (with replacement), right-padded to the longest:
+    x and y are (B, T), T <= context_length; y holds IGNORE_INDEX on the question and the padding,
+    so the Trainer's `lm_loss(model(x), y)` trains on the answers only.
+    """
+
+    tokenizer: BPETokenizer
+    train: QADataset
+    val: QADataset
+    prompt_template: str  # the Trainer stores it in its checkpoints: generation reads it there
+
+    @property
+    def val_chars_per_token(self) -> float:
+        """Characters of the held-out answers per trained target, for the Trainer's bits per character."""
+        chars = sum(len(r["answer"]) + 1 for r in self.val.records)  # + the space after "Answer:"
+        targets = sum(len(ids) - prompt_len for ids, prompt_len in self.val.examples)  # answer tokens + EOS
+        return chars / targets
+
+    def get_batch(self, dataset: QADataset, batch_size: int, context_length: int, generator: torch.Generator,
+                  device: torch.device | str = "cpu", split: str = "the pairs") -> tuple[torch.Tensor, torch.Tensor]:
+        """`batch_size` random pairs of `dataset`, padded: (x, y), both (B, T_longest) int64 on `device`.
+
+        Same arguments as chapter 04's `get_batch`; the pairs already fit `context_length`.
+        """
+        if len(dataset) == 0:
+            raise ValueError(f"{split} holds no question-answer pair")
+        rows = torch.randint(len(dataset), (batch_size,), generator=generator).tolist()
+        x, y = pad_batch([dataset[i] for i in rows], dataset.pad_id, dataset.ignore_index)  # (B, T) each
+        return x.to(device), y.to(device)
+
+
+def qa_token_data(json_path: str | Path, context_length: int, tokenizer: BPETokenizer | None = None,
+                  vocab_size: int = 2000, cache_dir: str | Path | None = None) -> QATokenData:
+    """`prepare_custom_data` for the Trainer (`python -m tinyllm_lib.train --data my_pairs.json`).
+
+    Without `tokenizer` (training from scratch) a tokenizer is trained on the wrapped pairs, so BOS
+    and EOS are part of its corpus (`force_retrain_tokenizer=True`). With one (fine-tuning, `--init_from`)
+    the pretrained tokenizer is kept: the model's embeddings only mean something for its ids.
+    """
+    train, val, tokenizer = prepare_custom_data(json_path, vocab_size, context_length, tokenizer=tokenizer,
+                                                force_retrain_tokenizer=tokenizer is None, cache_dir=cache_dir)
+    if len(val) == 0:
+        raise QADataError(f"{json_path}: no pair is held out for validation (every tenth id is): "
+                          f"add pairs until an id is a multiple of 10")
+    train, val = (QADataset(ds.records, ds.examples, ds.pad_id, IGNORE_INDEX, ds.mask_prompt) for ds in (train, val))
+    return QATokenData(tokenizer, train, val, prompt_template(tokenizer))

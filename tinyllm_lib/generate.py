@@ -17,6 +17,7 @@ With a trained model (chapter 04 trains one into checkpoints/shakespeare/):
 From a terminal (or `tinyllm-generate`):
 
     python -m tinyllm_lib.generate --checkpoint checkpoints/shakespeare/best.pt --prompt "ROMEO:" --top_k 50
+    python -m tinyllm_lib.generate --checkpoint checkpoints/latest.pt --prompt "Who are you?"  # a Q&A model answers
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyllm_lib.attention import merge_heads, split_heads
-from tinyllm_lib.checkpoint import CheckpointError, model_from_checkpoint
+from tinyllm_lib.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from tinyllm_lib.corpus import DataFileError
 from tinyllm_lib.env import pick_device
 from tinyllm_lib.model import GPT
@@ -671,9 +672,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default=None, metavar="NAME_OR_FOLDER",
                    help="GPT-2's weights instead of a checkpoint (chapter 10): 'gpt2' (downloaded once) "
                         "or a folder holding config.json and model.safetensors")
-    p.add_argument("--prompt", default="", help="text to continue (empty: start from <BOS>)")
+    p.add_argument("--prompt", default="", help="text to continue (empty: start from <BOS>); for a question-answer "
+                   "checkpoint (chapter 08), the question: it is wrapped as in training and the answer alone is printed")
     p.add_argument("--max_tokens", type=int, default=300, help="new tokens at most (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; < 1 sharper, > 1 flatter")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="0 = greedy; < 1 sharper, > 1 flatter (default: 0.8, or 0 for a question-answer checkpoint)")
     p.add_argument("--top_k", type=int, default=None, help="sample among the k most likely tokens")
     p.add_argument("--top_p", type=float, default=1.0, help="nucleus: smallest set with probability >= p")
     p.add_argument("--min_p", type=float, default=0.0, help="keep tokens with p >= min_p x the top probability")
@@ -688,7 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        check_sampling_args(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
+        check_sampling_args(args.temperature or 0.0, args.top_k, args.top_p, args.min_p, args.repetition_penalty)
         if args.max_tokens < 0:
             raise ValueError(f"max_tokens={args.max_tokens} is out of range: max_tokens must be an integer >= 0")
         if args.num_samples < 1:
@@ -699,14 +702,27 @@ def main(argv: list[str] | None = None) -> int:
             model, tokenizer = load_gpt2(args.pretrained, pick_device(args.device)), gpt2_tokenizer()
         else:
             model, tokenizer = load_model(args.checkpoint, args.device)
+        # A question-answer checkpoint (chapter 08) stores its prompt, e.g. "<BOS>Question: {question}\nAnswer:"
+        template = None if args.pretrained else load_checkpoint(args.checkpoint).get("prompt_template")
+        prompt, temperature = args.prompt, 0.8 if args.temperature is None else args.temperature
+        if template is not None:
+            if not args.prompt.strip() or any(s in args.prompt for s in tokenizer.specials):
+                raise ValueError(f"{args.checkpoint} answers questions: --prompt must be a question, without "
+                                 f"control tokens such as <EOS>")
+            prompt = template.format(question=args.prompt.strip())
+            temperature = 0.0 if args.temperature is None else args.temperature  # greedy: its most likely answer
         for i in range(args.num_samples):
             if args.num_samples > 1:
                 print(f"--- sample {i + 1} of {args.num_samples} ---")
-            print(args.prompt, end="", flush=True)
-            for piece in stream(model, tokenizer, args.prompt, args.max_tokens, temperature=args.temperature,
+            answer = ""  # a question's answer is printed alone, without the space after "Answer:"
+            print("" if template is not None else args.prompt, end="", flush=True)
+            for piece in stream(model, tokenizer, prompt, args.max_tokens, temperature=temperature,
                                 top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                                 repetition_penalty=args.repetition_penalty, stop=args.stop,
                                 seed=None if args.seed is None else args.seed + i):
+                if template is not None:
+                    piece = piece if answer else piece.lstrip()
+                    answer += piece
                 print(piece, end="", flush=True)
             print()
     except (ValueError, CheckpointError, DataFileError) as exc:

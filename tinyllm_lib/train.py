@@ -34,10 +34,18 @@ import torch
 from tinyllm_lib.budget import BUDGET_PLACEHOLDER_ITERS, fit_time_budget
 from tinyllm_lib.checkpoint import CheckpointError, load_checkpoint
 from tinyllm_lib.corpus import DATA_DIR, DataFileError, load_corpus
-from tinyllm_lib.data import prepare_data
+from tinyllm_lib.data import (
+    TokenData,
+    cached_tokens,
+    prepare_data,
+    sha256_text,
+    split_text,
+    tokenizer_fingerprint,
+)
 from tinyllm_lib.distributed import init_distributed, shutdown  # several processes: chapter 06
 from tinyllm_lib.env import QUICK
 from tinyllm_lib.model import ACTIVATIONS, NORM_TYPES, POS_EMBS, STYLES, GPTConfig
+from tinyllm_lib.tokenizer import BPETokenizer
 from tinyllm_lib.trainer import TrainConfig, Trainer, TrainingDiverged, plot_metrics, resolve_dtype
 
 
@@ -111,16 +119,25 @@ FLAG_HELP = {
     "activation": "the FFN's activation", "pos_emb": "positions: sinusoidal, learned or rope",
     "norm_type": "layernorm or rmsnorm",
 }
+# What --init_from takes from its checkpoint: every model flag but dropout, which fine-tuning may change.
+SHAPE_FLAGS = ("config", "style", *ARCH_FLAGS, *(k for k in MODEL_FLAGS if k != "dropout"), "use_learned_pos_emb")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tinyllm_lib.train",
-                                description="Train a TinyLLM GPT on a text file (default: Tiny Shakespeare).")
+                                description="Train a TinyLLM GPT on a text file (default: Tiny Shakespeare) or on "
+                                            "question-answer pairs (a .json file, chapter 08).")
     p.add_argument("--config", default="tiny", choices=("tiny", "small", "medium"), help="model preset")
-    p.add_argument("--data", default=None, help="a UTF-8 text file (default: Tiny Shakespeare, fetched if absent)")
+    p.add_argument("--data", default=None, help="a UTF-8 text file (default: Tiny Shakespeare, fetched if absent), or a "
+                   ".json list of question-answer pairs: trained as <BOS>Question: ...\\nAnswer: ...<EOS>, loss on the answers")
     p.add_argument("--out_dir", default="checkpoints", help="checkpoints, metrics.jsonl and loss.png go here")
     p.add_argument("--cache_dir", default=str(DATA_DIR / "cache"), help="tokenizer and token-array cache")
     p.add_argument("--resume", action="store_true", help="continue from <out_dir>/latest.pt")
+    p.add_argument("--init_from", default=None, metavar="CHECKPOINT",
+                   help="fine-tune: start from this checkpoint's weights, with its model shape and its tokenizer "
+                        "(reused, never retrained: the weights only read its ids; for .json data it needs <BOS> and "
+                        "<EOS>). Without it a new model is trained from scratch, with a tokenizer trained on --data. "
+                        "Not with --resume or model-shape flags (--dropout may change)")
     p.add_argument("--device", default=None, help="cuda | mps | cpu (default: the best available)")
     p.add_argument("--time_budget", type=float, default=None, metavar="MINUTES",
                    help="train for this many minutes of wall-clock time: timed first steps size the warmup + "
@@ -159,6 +176,14 @@ def read_text(path: str | None) -> tuple[str, str]:
     if not text.strip():
         raise ValueError(f"--data {path}: the file is empty")
     return text, file.stem
+
+
+def tokens_with(tokenizer: BPETokenizer, text: str, name: str, cache_dir: str | Path) -> TokenData:
+    """`prepare_data` with a pretrained model's tokenizer instead of a new one (--init_from on a text file)."""
+    train_text, val_text = split_text(text)
+    stem = Path(cache_dir) / f"{name}-{sha256_text(text)[:12]}-{tokenizer_fingerprint(tokenizer)[:12]}"
+    train, val = (cached_tokens(t, tokenizer, f"{stem}-{s}.bin") for t, s in ((train_text, "train"), (val_text, "val")))
+    return TokenData(tokenizer, train, val, len(val_text))
 
 
 def model_config_from_args(args: argparse.Namespace, vocab_size: int | None = None,
@@ -232,8 +257,16 @@ def resume_settings(args: argparse.Namespace, state: dict) -> tuple[dict | None,
 def run(args: argparse.Namespace) -> dict:
     """Everything `main` does, raising instead of exiting; returns the last evaluation."""
     started = time.perf_counter()  # a --time_budget counts from here: data preparation is part of the run
+    qa = str(args.data or "").endswith(".json")  # question-answer pairs (chapter 08), else a text file
     latest = Path(args.out_dir) / "latest.pt"
-    state, base, changed = None, None, []
+    state, base, changed, init = None, None, [], None
+    if args.init_from is not None:  # fine-tuning: the pretrained model's shape, weights and tokenizer
+        clash = ["--resume"] * args.resume + [f"--{k}" for k in SHAPE_FLAGS if k in flags_set(args)]
+        if clash:
+            raise ValueError(f"--init_from starts a new run from {args.init_from}, with its model shape and tokenizer: "
+                             f"it cannot be combined with {', '.join(clash)}")
+        init = load_checkpoint(args.init_from)
+        base = dict(init["model_config"])
     if args.time_budget is not None:
         if args.resume:
             raise ValueError("--time_budget plans a new run from step 0: it cannot be combined with --resume")
@@ -249,31 +282,47 @@ def run(args: argparse.Namespace) -> dict:
     elif "warmup_iters" not in flags_set(args):  # a short run gets a short warmup rather than an error
         args.warmup_iters = default_warmup(args.max_iters, args.warmup_iters)
     cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig()) if k != "out_dir"}, out_dir=args.out_dir)
-    model_config_from_args(args, base=base)  # bad model flags fail here, before any data work
+    context_length = model_config_from_args(args, base=base).context_length  # bad model flags fail here
     info, device = init_distributed(args.device)
     info.shard_batch_size(cfg.batch_size)  # a batch that does not split over the processes fails here
     resolve_dtype(cfg.dtype, device)
     if changed and info.master:
         print("changed: " + ", ".join(changed))
-    text, name = read_text(args.data)
     vocab = args.vocab_size or GPTConfig.preset(args.config).vocab_size
-    try:
-        with info.master_first():  # rank 0 trains the tokenizer and writes the token cache; the others read it
-            data = prepare_data(text, vocab, args.cache_dir, name=name)
-    except ValueError as exc:  # e.g. a text too short to leave a validation split
-        raise ValueError(f"--data {args.data or name}: {exc}") from exc
+    tokenizer = None  # a pretrained (--init_from) or resumed model keeps its tokenizer; only a new model trains one
+    if init is not None or (state is not None and qa):
+        tokenizer = BPETokenizer.from_dict((init or state)["tokenizer"])
+    if qa:  # question-answer pairs (chapter 08): whole pairs, padded, the loss on the answers only
+        from tinyllm_lib.data_utils import qa_token_data
+
+        with info.master_first():
+            data = qa_token_data(args.data, context_length, tokenizer, vocab, args.cache_dir)
+        name, unit = Path(args.data).stem, "pairs"
+    else:
+        text, name = read_text(args.data)
+        try:
+            with info.master_first():  # rank 0 trains the tokenizer and writes the token cache; the others read it
+                data = prepare_data(text, vocab, args.cache_dir, name=name) if tokenizer is None else \
+                    tokens_with(tokenizer, text, name, args.cache_dir)
+        except ValueError as exc:  # e.g. a text too short to leave a validation split
+            raise ValueError(f"--data {args.data or name}: {exc}") from exc
+        for split, tokens in (("training", data.train), ("validation", data.val)):
+            if len(tokens) <= context_length:
+                raise ValueError(f"--data {args.data or name}: the {split} split has {len(tokens)} tokens, it needs "
+                                 f"more than context_length={context_length}; use a longer text")
+        unit = "tokens"
     model_cfg = model_config_from_args(args, vocab_size=data.tokenizer.vocab_size, base=base)
-    for split, tokens in (("training", data.train), ("validation", data.val)):
-        if len(tokens) <= model_cfg.context_length:
-            raise ValueError(f"--data {args.data or name}: the {split} split has {len(tokens)} tokens, it needs "
-                             f"more than context_length={model_cfg.context_length}; use a longer text")
     trainer = Trainer(model_cfg, cfg, data, device, info)
+    if init is not None:
+        trainer.raw_model.load_state_dict(init["model"])  # every rank loads the same weights
+        if info.master:
+            print(f"fine-tuning {args.init_from} (step {init['step']}), with its tokenizer")
     if state is not None:
         trainer.load_state_dict(state, source=str(latest))
         if info.master:
             print(f"resuming from {latest} at step {trainer.step}")
     if info.master:
-        print(f"{name}: {len(data.train):,} training / {len(data.val):,} validation tokens "
+        print(f"{name}: {len(data.train):,} training / {len(data.val):,} validation {unit} "
               f"({data.val_chars_per_token:.2f} chars/token); model {trainer.raw_model.num_params():,} parameters "
               f"on {device} in {str(trainer.dtype).removeprefix('torch.')}")
     if args.time_budget is not None:

@@ -166,6 +166,7 @@ class Trainer:
         np.random.seed(seed)
         random.seed(seed)
         self.sampler = torch.Generator().manual_seed(seed)
+        self.get_batch = getattr(data, "get_batch", get_batch)  # question-answer data (chapter 08) draws padded pairs
         self.raw_model = GPT(model_cfg).to(self.device)
         self.optimizer = configure_optimizer(self.raw_model, cfg.lr, cfg.weight_decay,
                                              (cfg.beta1, cfg.beta2), self.device.type)
@@ -200,7 +201,7 @@ class Trainer:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(k):
-            x, y = get_batch(self.data.train, self.batch_size, self.model_cfg.context_length,
+            x, y = self.get_batch(self.data.train, self.batch_size, self.model_cfg.context_length,
                              self.sampler, self.device, split="the training split")  # (B, T), (B, T)
             # Under DDP, average gradients across processes only once, on the last micro-batch.
             with self.dist.no_sync(self.model, sync=micro == k - 1):
@@ -236,7 +237,7 @@ class Trainer:
             total = torch.zeros((), device=self.device)
             for i in range(self.cfg.eval_iters):
                 mine = self.dist.owns(i)
-                x, y = get_batch(tokens, self.cfg.batch_size, self.model_cfg.context_length, generator,
+                x, y = self.get_batch(tokens, self.cfg.batch_size, self.model_cfg.context_length, generator,
                                  self.device if mine else "cpu", split=name)
                 if mine:
                     with autocast(self.device, self.dtype):
@@ -257,6 +258,7 @@ class Trainer:
             "model_config": asdict(self.model_cfg),
             "train_config": asdict(self.cfg),
             "tokenizer": self.data.tokenizer.to_dict(),
+            "prompt_template": getattr(self.data, "prompt_template", None),  # Q&A data: how to wrap a question
             "step": self.step,
             "best_val_loss": self.best_val_loss,
             "rng": rng,

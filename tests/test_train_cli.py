@@ -189,8 +189,8 @@ def test_warmup_not_given_shrinks_to_a_tenth_of_a_short_run(run_dir, capsys):
 
 
 def test_time_budget_sizes_the_schedule_from_timed_steps(run_dir):
-    # A budget of 3 seconds: the 20 timed probe steps already spend it, so the plan is the shortest run,
-    # the probe steps rounded up to the ten evaluations. The schedule must still be complete and consistent.
+    # A budget of 3 seconds: the 20 timed probe steps spend most of it, so the plan is a short run,
+    # in whole chunks of the ten evaluations. The schedule must still be complete and consistent.
     # From a terminal, as a user runs it: the flag must reach code defined anywhere in the module.
     done = subprocess.run([sys.executable, "-m", "tinyllm_lib.train", *args(run_dir, "--time_budget", "0.05")],
                           capture_output=True, text=True, timeout=300)
@@ -199,15 +199,37 @@ def test_time_budget_sizes_the_schedule_from_timed_steps(run_dir):
     assert "time budget 0.05 min:" in out and "ms/step" in out and "-> max_iters" in out
     state = load_checkpoint(run_dir / "out" / "latest.pt")
     cfg = state["train_config"]
-    assert cfg["max_iters"] % 10 == 0 and cfg["max_iters"] >= 20
-    assert cfg["eval_interval"] == cfg["max_iters"] // 10
-    assert cfg["warmup_iters"] <= cfg["max_iters"] // 10  # --warmup_iters 2 given; never more than a tenth
-    # The whole planned schedule ran, or the budget ran out first and the run stopped at an evaluation.
+    first_plan = int(out.split("-> max_iters ")[1].split()[0])
+    assert first_plan % 10 == 0 and first_plan >= 20  # the plan: whole chunks, at least the probe steps
+    assert cfg["max_iters"] >= 20  # after any re-sizing: never fewer steps than were already trained
+    assert cfg["warmup_iters"] <= first_plan // 10  # --warmup_iters 2 given; never more than a tenth
+    # The whole (re-sized) schedule ran, or the budget ran out first and the run stopped at an evaluation.
     if state["step"] != cfg["max_iters"]:
-        assert "stopping early" in out and state["step"] % cfg["eval_interval"] == 0, out
+        assert "stopping early" in out, out
     evals = [json.loads(line)["step"] for line in (run_dir / "out" / "metrics.jsonl").read_text().splitlines()
              if "val_loss" in line]
     assert evals[-1] == state["step"]
+
+
+def test_time_budget_fills_the_flags_left_out_from_its_recipe(run_dir, capsys):
+    """--time_budget with only the data flags: the model, learning rates and batch of BUDGET_RECIPE, and
+    the dropout the plan chose (printed with the number of passes over the data it planned)."""
+    from tinyllm_lib.budget import BUDGET_DROPOUT, BUDGET_RECIPE, MEMORISE_EPOCHS
+
+    assert main(["--data", str(run_dir / "play.txt"), "--out_dir", str(run_dir / "out"), "--cache_dir",
+                 str(run_dir / "cache"), "--vocab_size", "90", "--device", "cpu", "--eval_iters", "2",
+                 "--time_budget", "0.05"]) == 0
+    out = capsys.readouterr().out
+    state = load_checkpoint(run_dir / "out" / "latest.pt")
+    model, train = state["model_config"], state["train_config"]
+    assert {k: model[k] for k in BUDGET_RECIPE["model"] if k != "dropout"} == \
+        {k: v for k, v in BUDGET_RECIPE["model"].items() if k != "dropout"}
+    assert model["vocab_size"] == 90  # given: kept
+    assert {k: train[k] for k in ("batch_size", "lr", "min_lr")} == \
+        {k: BUDGET_RECIPE["train"][k] for k in ("batch_size", "lr", "min_lr")}
+    epochs = float(out.split(" epochs)")[0].split("(")[-1])
+    assert model["dropout"] == (BUDGET_DROPOUT if epochs >= MEMORISE_EPOCHS else 0.0)
+    assert f"dropout {model['dropout']:g}" in out
 
 
 def test_time_budget_plans_from_the_timings_it_measured(run_dir):

@@ -31,7 +31,13 @@ from pathlib import Path
 
 import torch
 
-from tinyllm_lib.budget import BUDGET_PLACEHOLDER_ITERS, fit_time_budget
+from tinyllm_lib.budget import (
+    BUDGET_DROPOUT,
+    BUDGET_PLACEHOLDER_ITERS,
+    BUDGET_RECIPE,
+    MEMORISE_EPOCHS,
+    fit_time_budget,
+)
 from tinyllm_lib.checkpoint import CheckpointError, load_checkpoint
 from tinyllm_lib.corpus import DATA_DIR, DataFileError, load_corpus
 from tinyllm_lib.data import (
@@ -141,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda | mps | cpu (default: the best available)")
     p.add_argument("--time_budget", type=float, default=None, metavar="MINUTES",
                    help="train for this many minutes of wall-clock time: timed first steps size the warmup + "
-                        "cosine schedule (max_iters, eval_interval, warmup_iters) to end on time")
+                        "cosine schedule (max_iters, eval_interval, warmup_iters) to end on time; flags left "
+                        f"out take tinyllm_lib.budget.BUDGET_RECIPE, with dropout {BUDGET_DROPOUT:g} only if the plan "
+                        f"makes {MEMORISE_EPOCHS} or more passes over the data")
     p.add_argument("--use_learned_pos_emb", nargs="?", const=True, default=False, type=parse_bool,
                    help="learned positions instead of the preset's (also: --use_learned_pos_emb True|False)")
     p.add_argument("--style", default="gpt2", choices=tuple(STYLES),
@@ -273,6 +281,12 @@ def run(args: argparse.Namespace) -> dict:
         if not args.time_budget > 0:
             raise ValueError(f"--time_budget must be > 0 minutes (got {args.time_budget})")
         args.max_iters = BUDGET_PLACEHOLDER_ITERS  # replaced by the planned length before the first logged step
+        auto_dropout = init is None and "dropout" not in flags_set(args)  # dropout from the plan (chapter 04)
+        if init is None and "config" not in flags_set(args):  # flags left out take the budget's recipe
+            recipe = {**BUDGET_RECIPE["model"], "vocab_size": BUDGET_RECIPE["vocab_size"], **BUDGET_RECIPE["train"]}
+            for name, value in recipe.items():
+                if name not in flags_set(args):
+                    setattr(args, name, value)
     if args.resume:
         state = load_checkpoint(latest)  # fails before anything is written
         base, changed = resume_settings(args, state)
@@ -326,7 +340,8 @@ def run(args: argparse.Namespace) -> dict:
               f"({data.val_chars_per_token:.2f} chars/token); model {trainer.raw_model.num_params():,} parameters "
               f"on {device} in {str(trainer.dtype).removeprefix('torch.')}")
     if args.time_budget is not None:
-        fit_time_budget(trainer, args.time_budget, start=started)
+        fit_time_budget(trainer, args.time_budget, start=started,
+                        auto_dropout=auto_dropout)
     else:
         trainer.fit()
     final = [r for r in trainer.history if "val_loss" in r][-1]

@@ -304,8 +304,11 @@ def run(args: argparse.Namespace) -> dict:
         print("changed: " + ", ".join(changed))
     vocab = args.vocab_size or GPTConfig.preset(args.config).vocab_size
     tokenizer = None  # a pretrained (--init_from) or resumed model keeps its tokenizer; only a new model trains one
-    if init is not None or (state is not None and qa):
+    if init is not None or state is not None:
         tokenizer = BPETokenizer.from_dict((init or state)["tokenizer"])
+        if args.vocab_size is not None and args.vocab_size != tokenizer.vocab_size:
+            raise ValueError(f"--vocab_size {args.vocab_size}: the checkpoint's tokenizer has {tokenizer.vocab_size} "
+                             f"tokens, and a resumed or fine-tuned model keeps its tokenizer")
     if qa:  # question-answer pairs (chapter 08): whole pairs, padded, the loss on the answers only
         from tinyllm_lib.data_utils import qa_token_data
 

@@ -293,6 +293,8 @@ def test_time_budget_resizes_the_run_when_the_machine_slows_down(run_dir, monkey
     assert trainer.step < 300  # fewer steps than the first plan: later steps cost three times as much
     assert clock["now"] <= 6.0 + 0.5  # on time, give or take one chunk's rounding
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4, rel=0.05)
+    evaluations = [r["step"] for r in trainer.history if "val_loss" in r]
+    assert len(evaluations) <= 10 + 1, evaluations  # the probe's, then one per chunk: none added mid-chunk
 
 
 @pytest.mark.parametrize("minutes, dropout", [(0.02, 0.0), (0.5, 0.2)])

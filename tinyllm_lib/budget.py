@@ -119,7 +119,8 @@ def fit_time_budget(trainer: Trainer, minutes: float, start: float | None = None
         pace = trainer.dist.sum(torch.tensor([pace], device=trainer.device)).item() / trainer.dist.world_size
         steps_left = max(k - 1, int((deadline - now - plan.eval_time) / pace) // (k - 1) * (k - 1))
         max_iters = max(trainer.step + steps_left, trainer.cfg.warmup_iters)
-        trainer.cfg = dataclasses.replace(trainer.cfg, max_iters=max_iters, eval_interval=max(steps_left // (k - 1), 1))
+        # Evaluate at the chunk ends only: an interval that no longer divides the steps would add evaluations.
+        trainer.cfg = dataclasses.replace(trainer.cfg, max_iters=max_iters, eval_interval=max_iters)
     plan.max_iters = trainer.cfg.max_iters  # what the run ended up planning
     return plan
 

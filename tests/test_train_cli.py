@@ -370,6 +370,20 @@ def test_json_data_trains_question_answer_pairs_from_scratch(run_dir, capsys):
     assert load_checkpoint(run_dir / "qa" / "best.pt")["prompt_template"] == state["prompt_template"]
 
 
+def test_time_budget_on_pairs_counts_epochs_in_pairs_and_keeps_the_given_model(run_dir, capsys):
+    """On question-answer pairs a pass is over the pairs (a batch row is one pair), and the text recipe
+    of BUDGET_RECIPE (context 64 would cut the pairs) is not applied: the preset and the flags rule."""
+    shape = ["--vocab_size", "100", "--d_model", "32", "--n_layers", "1", "--n_heads", "2", "--d_ff", "64",
+             "--context_length", "32"]
+    assert main(qa_args(run_dir, *shape, "--time_budget", "0.05")) == 0
+    out = capsys.readouterr().out
+    planned = int(out.split("-> max_iters ")[1].split()[0])
+    epochs = float(out.split(" epochs)")[0].split("(")[-1])
+    assert epochs == pytest.approx(planned * 4 / 11, abs=0.06)  # batch 4, 11 training pairs
+    state = load_checkpoint(run_dir / "qa" / "latest.pt")
+    assert state["train_config"]["lr"] == 1e-3 and state["model_config"]["context_length"] == 32  # not the recipe's
+
+
 def test_a_text_checkpoint_records_no_prompt_template(run_dir):
     assert main(args(run_dir, "--max_iters", "2")) == 0
     assert load_checkpoint(run_dir / "out" / "latest.pt")["prompt_template"] is None

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from tinyllm_lib.attention import MultiHeadAttention
+from tinyllm_lib.data import TokenData
 from tinyllm_lib.trainer import Trainer
 
 BUDGET_PLACEHOLDER_ITERS = 10**9  # a run's length before plan_time_budget has measured it
@@ -73,8 +74,15 @@ def plan_time_budget(trainer: Trainer, minutes: float, start: float | None = Non
     warmup_iters = min(trainer.cfg.warmup_iters, max_iters // 10)
     trainer.cfg = dataclasses.replace(trainer.cfg, max_iters=max_iters, eval_interval=max_iters // evaluations,
                                       warmup_iters=warmup_iters)
-    epochs = max_iters * trainer.tokens_per_step / len(trainer.data.train)
-    return BudgetPlan(step_time, eval_time, max_iters, warmup_iters, epochs)
+    return BudgetPlan(step_time, eval_time, max_iters, warmup_iters, epochs_of(trainer, max_iters))
+
+
+def epochs_of(trainer: Trainer, steps: int) -> float:
+    """Passes over the training data that `steps` steps make: over its tokens for token data, over its
+    examples for data with its own `get_batch` (chapter 08's question-answer pairs, one per batch row)."""
+    cfg = trainer.cfg
+    per_step = trainer.tokens_per_step if isinstance(trainer.data, TokenData) else cfg.batch_size * cfg.grad_accumulation_steps
+    return steps * per_step / len(trainer.data.train)
 
 
 def set_dropout(trainer: Trainer, p: float) -> None:

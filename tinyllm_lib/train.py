@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time_budget", type=float, default=None, metavar="MINUTES",
                    help="train for this many minutes of wall-clock time: timed first steps size the warmup + "
                         "cosine schedule (max_iters, eval_interval, warmup_iters) to end on time; flags left "
-                        f"out take tinyllm_lib.budget.BUDGET_RECIPE, with dropout {BUDGET_DROPOUT:g} only if the plan "
+                        f"out take tinyllm_lib.budget.BUDGET_RECIPE (a new model on text), with dropout {BUDGET_DROPOUT:g} only if the plan "
                         f"makes {MEMORISE_EPOCHS} or more passes over the data")
     p.add_argument("--use_learned_pos_emb", nargs="?", const=True, default=False, type=parse_bool,
                    help="learned positions instead of the preset's (also: --use_learned_pos_emb True|False)")
@@ -282,7 +282,7 @@ def run(args: argparse.Namespace) -> dict:
             raise ValueError(f"--time_budget must be > 0 minutes (got {args.time_budget})")
         args.max_iters = BUDGET_PLACEHOLDER_ITERS  # replaced by the planned length before the first logged step
         auto_dropout = init is None and "dropout" not in flags_set(args)  # dropout from the plan (chapter 04)
-        if init is None and "config" not in flags_set(args):  # flags left out take the budget's recipe
+        if init is None and not qa and "config" not in flags_set(args):  # flags left out: the budget's recipe
             recipe = {**BUDGET_RECIPE["model"], "vocab_size": BUDGET_RECIPE["vocab_size"], **BUDGET_RECIPE["train"]}
             for name, value in recipe.items():
                 if name not in flags_set(args):

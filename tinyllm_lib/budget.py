@@ -41,7 +41,7 @@ class BudgetPlan:
     eval_time: float  # seconds per evaluation
     max_iters: int
     warmup_iters: int
-    epochs: float = 0.0  # passes over the training tokens that max_iters makes
+    epochs: float = 0.0  # passes over the training data that max_iters makes (epochs_of)
 
 
 def plan_time_budget(trainer: Trainer, minutes: float, start: float | None = None, evaluations: int = 10,

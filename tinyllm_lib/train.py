@@ -281,12 +281,12 @@ def run(args: argparse.Namespace) -> dict:
         if not args.time_budget > 0:
             raise ValueError(f"--time_budget must be > 0 minutes (got {args.time_budget})")
         args.max_iters = BUDGET_PLACEHOLDER_ITERS  # replaced by the planned length before the first logged step
-        auto_dropout = init is None and "dropout" not in flags_set(args)  # dropout from the plan (chapter 04)
-        if init is None and not qa and "config" not in flags_set(args):  # flags left out: the budget's recipe
+        given = flags_set(args)
+        auto_dropout = init is None and "dropout" not in given  # dropout from the plan (chapter 04)
+        if init is None and not qa and "config" not in given:  # flags left out: the budget's recipe
             recipe = {**BUDGET_RECIPE["model"], "vocab_size": BUDGET_RECIPE["vocab_size"], **BUDGET_RECIPE["train"]}
-            for name, value in recipe.items():
-                if name not in flags_set(args):
-                    setattr(args, name, value)
+            for name in recipe.keys() - given:
+                setattr(args, name, recipe[name])
     if args.resume:
         state = load_checkpoint(latest)  # fails before anything is written
         base, changed = resume_settings(args, state)

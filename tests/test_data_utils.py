@@ -139,28 +139,28 @@ def test_wrap_pair_byte_level():
 
 def test_mask_covers_prompt_targets_only(tok):
     ids, prompt_len = wrap_pair("What is item blue?", "Item blue is a blue thing.", tok)
-    x, y = make_example(ids, prompt_len, ignore_index=tok.pad_id)
+    x, y = make_example(ids, prompt_len)
     assert torch.equal(x, torch.tensor(ids[:-1]))
-    assert (y[: prompt_len - 1] == tok.pad_id).all()
+    assert (y[: prompt_len - 1] == IGNORE_INDEX).all()  # -100, never a token id: EOS stays a target
     assert torch.equal(y[prompt_len - 1 :], torch.tensor(ids[prompt_len:]))  # every answer token and EOS
-    _, y_all = make_example(ids, prompt_len, ignore_index=tok.pad_id, mask_prompt=False)
+    _, y_all = make_example(ids, prompt_len, mask_prompt=False)
     assert torch.equal(y_all, torch.tensor(ids[1:]))
 
 
 def test_padding_and_mask_are_ignored_by_the_loss(tok):
-    items = [make_example(*wrap_pair(p["question"], p["answer"], tok), ignore_index=tok.pad_id) for p in PAIRS[:3]]
-    x, y = pad_batch(items, tok.pad_id, tok.pad_id)
+    items = [make_example(*wrap_pair(p["question"], p["answer"], tok)) for p in PAIRS[:3]]
+    x, y = pad_batch(items, tok.pad_id)
     torch.manual_seed(0)
     logits = torch.randn(*x.shape, tok.vocab_size)
-    loss = lm_loss(logits, y, ignore_index=tok.pad_id)
+    loss = lm_loss(logits, y)
     # the same loss by hand, over the answer targets of each row only
     terms = [torch.nn.functional.cross_entropy(logits[b, t], y[b, t], reduction="sum")
-             for b in range(len(items)) for t in range(x.shape[1]) if y[b, t] != tok.pad_id]
+             for b in range(len(items)) for t in range(x.shape[1]) if y[b, t] != IGNORE_INDEX]
     assert torch.allclose(loss, torch.stack(terms).sum() / len(terms))
     # changing logits at masked or padded positions changes nothing
     other = logits.clone()
-    other[y == tok.pad_id] = 100.0
-    assert torch.allclose(lm_loss(other, y, ignore_index=tok.pad_id), loss)
+    other[y == IGNORE_INDEX] = 100.0
+    assert torch.allclose(lm_loss(other, y), loss)
     # x is padded with the pad id at the end of short rows
     shortest = min(len(i[0]) for i in items)
     assert (x[:, shortest:] == tok.pad_id).any()
@@ -170,6 +170,7 @@ def test_dataloader_shapes_and_padding(tmp_path):
     path = write(tmp_path / "data" / "pairs.json", PAIRS)
     train_ds, val_ds, tok = prepare_custom_data(path, vocab_size=120, context_length=64)
     assert len(train_ds) == 11 and len(val_ds) == 1 and val_ds.records[0]["id"] == 10
+    assert tok.pad_id is not None and train_ds.ignore_index == val_ds.ignore_index == IGNORE_INDEX  # never the pad id
     loader = create_dataloader(train_ds, batch_size=4)
     batches = list(loader)
     assert [tuple(x.shape)[0] for x, _ in batches] == [4, 4, 3]
@@ -324,9 +325,6 @@ def test_qa_token_data_batches_are_padded_pairs_with_question_and_padding_ignore
         assert (y[b, : prompt_len - 1] == IGNORE_INDEX).all()  # the question
         assert y[b, prompt_len - 1 : n].tolist() == ids[prompt_len:]  # the answer and its EOS
         assert (y[b, n:] == IGNORE_INDEX).all()  # the padding
-    logits = torch.randn(*y.shape, tok.vocab_size)
-    assert torch.allclose(lm_loss(logits, y), lm_loss(logits, y.masked_fill(y == IGNORE_INDEX, tok.pad_id),
-                                                     ignore_index=tok.pad_id))  # the Trainer's plain loss
     answer_chars = sum(len(r["answer"]) + 1 for r in data.val.records)
     answer_tokens = sum(len(ids) - p for ids, p in data.val.examples)
     assert data.val_chars_per_token == pytest.approx(answer_chars / answer_tokens)

@@ -347,7 +347,7 @@ def test_gpt2_vocabulary(gpt2):
     assert gpt2.vocab_size == 50257 and len(gpt2.merges) == 50000
     assert gpt2.specials == {"<|endoftext|>": 50256}
     assert gpt2.eos_id == gpt2.bos_id == 50256 and gpt2.unk_id is None
-    assert gpt2.pad_id is None  # GPT-2 has no pad token: ignore_index=pad_id must never drop EOS targets
+    assert gpt2.pad_id is None  # GPT-2 has no pad token
     assert gpt2.encode("Hello world") == [15496, 995]
 
 

@@ -7,8 +7,8 @@
     >>> ids, prompt_len = wrap_pair("Who are you?", "I am TinyLLM.", tok)
     >>> tok.decode(ids)
     '<BOS>Question: Who are you?\\nAnswer: I am TinyLLM.<EOS>'
-    >>> x, y = make_example(ids, prompt_len, ignore_index=tok.pad_id)
-    >>> tok.decode(t for t in y.tolist() if t != tok.pad_id)    # the loss sees the answer only
+    >>> x, y = make_example(ids, prompt_len)                     # question targets -> IGNORE_INDEX (-100)
+    >>> tok.decode(t for t in y.tolist() if t != IGNORE_INDEX)   # the loss sees the answer only
     'I am TinyLLM.<EOS>'
     >>> round(token_f1("I am TinyLLM", "I am TinyLLM, a model"), 3)    # 3 shared words: precision 1, recall 3/5
     0.75
@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tinyllm_lib.data import atomic_write, cached_tokens, sha256_text, tokenizer_fingerprint
+from tinyllm_lib.model import IGNORE_INDEX
 from tinyllm_lib.tokenizer import SPECIALS, BPETokenizer
 
 QUESTION, ANSWER = "Question:", "Answer:"
@@ -81,15 +82,15 @@ def prompt_template(tokenizer: BPETokenizer) -> str:
     return literal[tokenizer.bos_id] + format_prompt("{question}")
 
 
-def make_example(ids: list[int], prompt_len: int, ignore_index: int, mask_prompt: bool = True
+def make_example(ids: list[int], prompt_len: int, ignore_index: int = IGNORE_INDEX, mask_prompt: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, y) for one wrapped pair: y is x shifted by one; targets inside the prompt -> ignore_index.
 
     y[i] is the token that follows x[i]. The first answer token is ids[prompt_len], the target at
     position prompt_len - 1, so the prompt's targets are y[: prompt_len - 1].
 
-    >>> make_example([2, 10, 11, 12, 20, 21, 3], prompt_len=4, ignore_index=0)
-    (tensor([ 2, 10, 11, 12, 20, 21]), tensor([ 0,  0,  0, 20, 21,  3]))
+    >>> make_example([2, 10, 11, 12, 20, 21, 3], prompt_len=4)
+    (tensor([ 2, 10, 11, 12, 20, 21]), tensor([-100, -100, -100,   20,   21,    3]))
     """
     ids = torch.as_tensor(ids, dtype=torch.long)
     x, y = ids[:-1], ids[1:].clone()  # (T,), (T,)
@@ -223,7 +224,7 @@ class QADataset(Dataset):
     """
 
     def __init__(self, records: list[dict], examples: list[tuple[list[int], int]], pad_id: int,
-                 ignore_index: int, mask_prompt: bool = True):
+                 ignore_index: int = IGNORE_INDEX, mask_prompt: bool = True):
         self.records, self.examples = records, examples
         self.pad_id, self.ignore_index, self.mask_prompt = pad_id, ignore_index, mask_prompt
 
@@ -238,16 +239,16 @@ class QADataset(Dataset):
         return f"QADataset({len(self)} pairs, mask_prompt={self.mask_prompt})"
 
 
-def pad_batch(items: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int, ignore_index: int
+def pad_batch(items: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int, ignore_index: int = IGNORE_INDEX
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad (x, y) pairs to the longest in the batch: x with pad_id, y with ignore_index -> (B, T) each.
 
     Padding goes at the end: with the causal mask, no real position ever attends to it.
 
-    >>> pad_batch([(torch.tensor([5, 6, 7]), torch.tensor([6, 7, 8])), (torch.tensor([5]), torch.tensor([9]))], 0, 0)
+    >>> pad_batch([(torch.tensor([5, 6, 7]), torch.tensor([6, 7, 8])), (torch.tensor([5]), torch.tensor([9]))], 0)
     (tensor([[5, 6, 7],
-            [5, 0, 0]]), tensor([[6, 7, 8],
-            [9, 0, 0]]))
+            [5, 0, 0]]), tensor([[   6,    7,    8],
+            [   9, -100, -100]]))
     """
     T = max(len(x) for x, _ in items)
     x = torch.full((len(items), T), pad_id, dtype=torch.long)  # (B, T)
@@ -261,7 +262,7 @@ def create_dataloader(dataset: QADataset, batch_size: int = 8, shuffle: bool = T
                       drop_last: bool = False) -> DataLoader:
     """Batches of padded (x, y), both (B, T_longest); shuffled reproducibly with `seed`.
 
-    The loss that skips padding and the masked question: `lm_loss(model(x), y, ignore_index=dataset.ignore_index)`.
+    The loss that skips padding and the masked question: `lm_loss(model(x), y)`.
     """
     if len(dataset) == 0:
         raise ValueError("the dataset is empty: there is nothing to batch")
@@ -361,14 +362,13 @@ def prepare_custom_data(
                          "model's tokenizer (its weights only read those ids); retrain only to train from scratch")
     if tokenizer.bos_id is None or tokenizer.eos_id is None or tokenizer.bos_id == tokenizer.eos_id:
         raise ValueError("question-answer data needs a tokenizer with distinct BOS and EOS tokens")
-    ignore_index = tokenizer.pad_id if tokenizer.pad_id is not None else -100
     stem = cache_dir / f"{json_path.stem}-{tokenizer_fingerprint(tokenizer)[:12]}{'' if add_eos else '-noeos'}"
     datasets, n_cut = [], 0
     for split, recs in (("train", train_records), ("val", val_records)):
         examples, cut = _encode_split(recs, tokenizer, f"{stem}-{split}.bin", add_eos, context_length, str(json_path))
         n_cut += cut
         pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id  # any id: y ignores it
-        datasets.append(QADataset(recs, examples, pad_id, ignore_index, mask_prompt))
+        datasets.append(QADataset(recs, examples, pad_id, IGNORE_INDEX, mask_prompt))
     if n_cut:
         warnings.warn(f"{json_path}: {n_cut} of {len(records)} pairs are longer than context_length + 1 = "
                       f"{context_length + 1} tokens and were cut to fit (losing their end token); shorten them "
@@ -411,9 +411,6 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-IGNORE_INDEX = -100  # lm_loss's default ignore index: the Trainer's plain `lm_loss(model(x), y)` skips these targets
-
-
 @dataclass
 class QATokenData:
     """Question-answer pairs for chapter 04's Trainer: what it reads from a `TokenData` (tokenizer,
@@ -421,7 +418,8 @@ class QATokenData:
 
     A batch is `batch_size` pairs drawn at random (with replacement), right-padded to the longest:
     x and y are (B, T), T <= context_length; y holds IGNORE_INDEX on the question and the padding,
-    so the Trainer's `lm_loss(model(x), y)` trains on the answers only.
+    so the Trainer trains on the answers only, and weighs every answer token the same however
+    the pairs fall into micro-batches and processes (chapter 06).
     """
 
     tokenizer: BPETokenizer
@@ -462,5 +460,4 @@ def qa_token_data(json_path: str | Path, context_length: int, tokenizer: BPEToke
     if len(val) == 0:
         raise QADataError(f"{json_path}: no pair is held out for validation (every tenth id is): "
                           f"add pairs until an id is a multiple of 10")
-    train, val = (QADataset(ds.records, ds.examples, ds.pad_id, IGNORE_INDEX, ds.mask_prompt) for ds in (train, val))
     return QATokenData(tokenizer, train, val, prompt_template(tokenizer))

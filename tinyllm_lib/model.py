@@ -340,14 +340,23 @@ class GPT(nn.Module):
         return maps
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Mean cross-entropy over the positions whose target != ignore_index.
+IGNORE_INDEX = -100  # a target that is not trained on (padding, a masked question); PyTorch's default
 
-    logits (B, T, V), targets (B, T). To skip padding, pass `ignore_index=tok.pad_id`. ignore_index must
-    never be the EOS id: the model would never learn to end a text (GPT-2's tokenizer has no pad id).
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+            reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over the positions whose target != ignore_index: their mean, or their sum.
+
+    logits (B, T, V), targets (B, T). Padded batches set the targets of padding to IGNORE_INDEX, so
+    padding neither counts in the mean nor gets a gradient; an EOS target must always count, or the
+    model would never learn to end a text. reduction="sum" lets a trainer add the losses of several
+    batches and divide once by their total number of targets (chapter 06).
 
     >>> logits = torch.zeros(1, 3, 4)                    # uniform over 4 tokens
-    >>> lm_loss(logits, torch.tensor([[1, 2, 0]]), ignore_index=0)   # ln 4, over 2 positions
+    >>> lm_loss(logits, torch.tensor([[1, 2, IGNORE_INDEX]]))   # ln 4, over the 2 positions that count
     tensor(1.3863)
+    >>> lm_loss(logits, torch.tensor([[1, 2, IGNORE_INDEX]]), reduction="sum")   # 2 ln 4
+    tensor(2.7726)
     """
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index)
+    logits = logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32; fp64 stays
+    return F.cross_entropy(logits, targets.flatten(), ignore_index=ignore_index, reduction=reduction)

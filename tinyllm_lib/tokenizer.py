@@ -478,8 +478,8 @@ def _from_gpt2(cls: type[BPETokenizer], encoder_json_path: str | Path, vocab_bpe
         return cls.from_dict({
             "format": FORMAT, "version": VERSION, "byte_level": True,
             "specials": {eot: eot_id} if eot_id is not None else {},
-            # GPT-2 starts and ends texts with <|endoftext|> and has no padding token: a pad id
-            # equal to EOS would make `lm_loss(..., ignore_index=tok.pad_id)` drop every EOS target.
+            # GPT-2 starts and ends texts with <|endoftext|> and has no padding token (padding's
+            # targets are ignored as -100 in any case, so that an EOS target is never dropped).
             "roles": {"pad": None, "unk": None, "bos": eot_id, "eos": eot_id},
             "first_merge_id": first, "merges": merges, "vocab": vocab,
         })

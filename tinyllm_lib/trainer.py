@@ -45,7 +45,7 @@ from tinyllm_lib.checkpoint import (
 from tinyllm_lib.data import TokenData, atomic_write, get_batch
 from tinyllm_lib.distributed import Distributed  # several processes: chapter 06
 from tinyllm_lib.env import bf16_supported, pick_device
-from tinyllm_lib.model import GPT, GPTConfig, lm_loss
+from tinyllm_lib.model import GPT, IGNORE_INDEX, GPTConfig, lm_loss
 from tinyllm_lib.optim import configure_optimizer, get_lr
 
 
@@ -183,32 +183,41 @@ class Trainer:
         self.history: list[dict] = []  # every record written to metrics.jsonl
         self.out_dir = Path(cfg.out_dir)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # NaN guard, no sync
+        self._targets_trained = torch.zeros((), device=self.device)  # since the last log line, all ranks
         self.interrupted = False  # set by Ctrl-C (SIGINT) during fit(); checked between steps
 
     @property
     def tokens_per_step(self) -> int:
+        """Targets in one step of fixed-length text windows (padded pairs train on fewer)."""
         cfg = self.cfg
         return cfg.batch_size * self.model_cfg.context_length * cfg.grad_accumulation_steps
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step over `grad_accumulation_steps` micro-batches: (loss, grad norm, lr).
 
+        Every target token of the step weighs the same, however many each micro-batch and each
+        process holds: the per-token losses are summed and divided once by the step's target count.
         The loss and norm stay on the device: reading them (.item()) would wait for the GPU.
         """
         cfg, k = self.cfg, self.cfg.grad_accumulation_steps
         lr = get_lr(self.step, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.max_iters)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        batches = [self.get_batch(self.data.train, self.batch_size, self.model_cfg.context_length,
+                                  self.sampler, self.device, split="the training split")
+                   for _ in range(k)]  # k x ((B, T), (B, T))
+        # Targets trained on in this step, over all micro-batches and processes: one scalar all-reduce.
+        # Fixed-length text windows all have B*T; padded question-answer batches have as many as they hold.
+        n_targets = self.dist.sum(sum((y != IGNORE_INDEX).sum() for _, y in batches).float())
+        # DDP divides the summed gradients by world_size; multiplying by it leaves sum / n_targets.
+        scale = self.dist.world_size / n_targets.clamp(min=1)
         loss_sum = torch.zeros((), device=self.device)
-        for micro in range(k):
-            x, y = self.get_batch(self.data.train, self.batch_size, self.model_cfg.context_length,
-                             self.sampler, self.device, split="the training split")  # (B, T), (B, T)
+        for micro, (x, y) in enumerate(batches):
             # Under DDP, average gradients across processes only once, on the last micro-batch.
             with self.dist.no_sync(self.model, sync=micro == k - 1):
                 with autocast(self.device, self.dtype):
-                    loss = lm_loss(self.model(x), y)  # (B, T, vocab) logits -> scalar
-                # Dividing by k makes the summed gradients the mean over all k micro-batches.
-                self.scaler.scale(loss / k).backward()
+                    loss = lm_loss(self.model(x), y, reduction="sum")  # (B, T, vocab) logits -> scalar
+                self.scaler.scale(loss * scale).backward()
             loss_sum += loss.detach()
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip or math.inf)
@@ -216,33 +225,36 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)  # free the gradients instead of writing zeros
         self.step += 1
-        loss = loss_sum / k
+        self._targets_trained += n_targets  # read at the next log line, for tokens/s
+        loss = loss_sum * scale  # one process: the token mean; under DDP the ranks' mean of it is (_guard)
         self._nonfinite |= ~torch.isfinite(loss)
         return loss, grad_norm, lr
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss over `eval_iters` batches of each split, plus validation bits per character.
+        """Loss per target token over `eval_iters` batches of each split, plus validation bits per character.
 
         A fresh generator with a fixed seed draws the same batches every time (curves compare like
         with like) and leaves the training sampler's state alone (exact resume). Its seed is far
         from `seed + rank`, the training samplers' seeds. Under torchrun every rank draws the same
-        batches but evaluates only its share of them; the sum over ranks is the same mean.
+        batches but evaluates only its share of them; the sums over ranks give the same mean.
         """
         self.eval_model.eval()
         out = {}
         for split, tokens in (("train", self.data.train), ("val", self.data.val)):
             name = "the training split" if split == "train" else "the validation split"
             generator = torch.Generator().manual_seed(self.cfg.seed + EVAL_SEED_OFFSET)
-            total = torch.zeros((), device=self.device)
+            total = torch.zeros(2, device=self.device)  # (summed loss, targets)
             for i in range(self.cfg.eval_iters):
                 mine = self.dist.owns(i)
                 x, y = self.get_batch(tokens, self.cfg.batch_size, self.model_cfg.context_length, generator,
                                  self.device if mine else "cpu", split=name)
                 if mine:
                     with autocast(self.device, self.dtype):
-                        total += lm_loss(self.eval_model(x), y).float()
-            out[f"{split}_loss"] = self.dist.sum(total).item() / self.cfg.eval_iters
+                        total[0] += lm_loss(self.eval_model(x), y, reduction="sum").float()
+                    total[1] += (y != IGNORE_INDEX).sum()
+            loss_sum, n_targets = self.dist.sum(total).tolist()
+            out[f"{split}_loss"] = loss_sum / n_targets
         self.eval_model.train()
         out["val_bpc"] = bits_per_char(out["val_loss"], self.data.val_chars_per_token)
         return out
@@ -385,7 +397,7 @@ class Trainer:
         stop = cfg.max_iters if until is None else min(until, cfg.max_iters)
         bar = tqdm(total=cfg.max_iters, initial=self.step, disable=not self.dist.master, desc="training",
                    unit="step", mininterval=1.0 if sys.stderr.isatty() else 10.0)  # fewer lines in logs
-        tick, tick_step = time.perf_counter(), self.step
+        tick = time.perf_counter()
         self.interrupted = False
         main_thread = threading.current_thread() is threading.main_thread()  # signals need it
         previous = signal.signal(signal.SIGINT, self._on_sigint) if main_thread else None
@@ -400,7 +412,8 @@ class Trainer:
                     break
                 if (self.step % cfg.eval_interval == 0 or self.step == stop) and self.step != self.last_eval_step:
                     self.evaluate_and_save()
-                    tick, tick_step = time.perf_counter(), self.step  # evaluation time is not training speed
+                    tick = time.perf_counter()  # evaluation time is not training speed
+                    self._targets_trained.zero_()
                 if self.step >= stop:
                     break
                 loss, grad_norm, lr = self.train_step()
@@ -408,8 +421,9 @@ class Trainer:
                 if self.step % cfg.log_interval == 0 or self.step == stop:
                     mean_loss = self._guard(loss=loss)  # the one sync per log interval
                     now = time.perf_counter()
-                    tok_s = (self.step - tick_step) * self.tokens_per_step / max(now - tick, 1e-9)
-                    tick, tick_step = now, self.step
+                    tok_s = self._targets_trained.item() / max(now - tick, 1e-9)  # tokens trained on, all ranks
+                    self._targets_trained.zero_()
+                    tick = now
                     record = {"step": self.step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm.item(),
                               "tok_per_s": round(tok_s, 1)}
                     self._record(record)

@@ -26,8 +26,10 @@ from tinyllm_lib.data_utils import (
     validate_record,
     wrap_pair,
 )
-from tinyllm_lib.model import lm_loss
+from tinyllm_lib.generate import generate_ids
+from tinyllm_lib.model import GPTConfig, lm_loss
 from tinyllm_lib.tokenizer import BPETokenizer
+from tinyllm_lib.trainer import TrainConfig, Trainer
 
 HERE = Path(__file__).parent
 BAD = HERE / "data" / "qa"
@@ -338,3 +340,28 @@ def test_qa_token_data_trains_a_tokenizer_only_without_one(tmp_path):
     write(path, PAIRS[:9])  # ids 1..9: nothing held out
     with pytest.raises(QADataError, match="pairs.json: no pair is held out for validation"):
         qa_token_data(path, context_length=64, vocab_size=120, cache_dir=tmp_path / "c")
+
+
+def test_one_token_as_both_bos_and_eos_trains_pairs_that_stop(tmp_path, tok):
+    """GPT-2's tokenizer has one <|endoftext|> for both ends: pairs are encoded one by one, so each
+    starts and ends with it; a model trained on them answers a training question and stops there."""
+    roles = tok.to_dict()
+    roles["roles"] = {**roles["roles"], "bos": tok.eos_id}  # one token at both ends
+    shared = BPETokenizer.from_dict(roles)
+    assert shared.bos_id == shared.eos_id
+    path = write(tmp_path / "pairs.json", PAIRS)
+    data = qa_token_data(path, context_length=32, tokenizer=shared, cache_dir=tmp_path / "c")
+    for (ids, prompt_len), rec in zip(data.train.examples, data.train.records):
+        assert ids[0] == ids[-1] == shared.eos_id and shared.eos_id not in ids[1:-1]
+        assert shared.decode(ids[prompt_len:-1]).strip() == rec["answer"]
+    cfg = GPTConfig.preset("tiny", vocab_size=shared.vocab_size, d_model=48, n_layers=2, n_heads=4, d_ff=96,
+                           context_length=32, dropout=0.0)
+    trainer = Trainer(cfg, TrainConfig(batch_size=8, max_iters=600, warmup_iters=10, lr=1e-2, min_lr=1e-3,
+                                       eval_interval=600, eval_iters=1, log_interval=50, dtype="float32",
+                                       out_dir=str(tmp_path / "out")), data, device="cpu")
+    trainer.fit()
+    model = trainer.raw_model.eval()
+    asked = data.train.records[:4]
+    prompts = [wrap_pair(r["question"], r["answer"], shared)[0][: p] for r, (_, p) in zip(asked, data.train.examples)]
+    answers = [shared.decode(row).strip() for row in generate_ids(model, prompts, 24, eos_id=shared.eos_id)]
+    assert answers == [r["answer"] for r in asked]  # each answer complete, and nothing written after its end

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tinyllm_lib.data import atomic_write, cached_tokens, sha256_text, tokenizer_fingerprint
+from tinyllm_lib.data import atomic_write, sha256_text
 from tinyllm_lib.model import IGNORE_INDEX
 from tinyllm_lib.tokenizer import SPECIALS, BPETokenizer
 
@@ -302,14 +302,15 @@ def _cached_qa_tokenizer(text: str, source: Path, vocab_size: int, byte_level: b
     return tokenizer
 
 
-def _encode_split(records, tokenizer, path, add_eos, context_length, source) -> tuple[list, int]:
-    """Token ids of every pair (cached at `path`), cut to context_length + 1; returns (examples, n_cut)."""
-    stream = cached_tokens(_wrapped_text(records, tokenizer, add_eos), tokenizer, path).tolist()
-    starts = [i for i, t in enumerate(stream) if t == tokenizer.bos_id] + [len(stream)]  # one BOS per pair
+def _encode_split(records, tokenizer, add_eos, context_length, source) -> tuple[list, int]:
+    """Token ids of every pair, cut to context_length + 1; returns (examples, n_cut).
+
+    One pair at a time: the same token may then both start and end a pair, as GPT-2's single
+    `<|endoftext|>` does (cutting one long token stream at each BOS could not tell the two apart).
+    """
     examples, n_cut = [], 0
     for k, rec in enumerate(records):
-        ids = stream[starts[k] : starts[k + 1]]
-        prompt_len = len(tokenizer.encode(format_prompt(rec["question"]))) + 1  # + BOS
+        ids, prompt_len = wrap_pair(rec["question"], rec["answer"], tokenizer, add_eos)
         if prompt_len >= context_length + 1:  # not one answer token would fit after the question
             raise QADataError(f"{_entry(source, k, rec)}: field 'question' takes {prompt_len} tokens with its "
                               f"prompt; no answer token fits in context_length={context_length}")
@@ -360,12 +361,9 @@ def prepare_custom_data(
     elif force_retrain_tokenizer:
         raise ValueError("force_retrain_tokenizer=True with a given tokenizer: fine-tuning keeps the pretrained "
                          "model's tokenizer (its weights only read those ids); retrain only to train from scratch")
-    if tokenizer.bos_id is None or tokenizer.eos_id is None or tokenizer.bos_id == tokenizer.eos_id:
-        raise ValueError("question-answer data needs a tokenizer with distinct BOS and EOS tokens")
-    stem = cache_dir / f"{json_path.stem}-{tokenizer_fingerprint(tokenizer)[:12]}{'' if add_eos else '-noeos'}"
     datasets, n_cut = [], 0
-    for split, recs in (("train", train_records), ("val", val_records)):
-        examples, cut = _encode_split(recs, tokenizer, f"{stem}-{split}.bin", add_eos, context_length, str(json_path))
+    for recs in (train_records, val_records):
+        examples, cut = _encode_split(recs, tokenizer, add_eos, context_length, str(json_path))
         n_cut += cut
         pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id  # any id: y ignores it
         datasets.append(QADataset(recs, examples, pad_id, IGNORE_INDEX, mask_prompt))

@@ -1,6 +1,7 @@
 """`use_mine` puts the learner's code inside the library for a real run, then restores the library."""
 
 import contextlib
+import os
 import re
 from pathlib import Path
 
@@ -190,10 +191,58 @@ PLANTED = {
                                           "    x1, x2 = x[..., 0::2], x[..., 1::2]\n"
                                           "    return torch.cat([x1 * a.cos() - x2 * a.sin(), x1 * a.sin() + x2 * a.cos()], -1)\n",
     }),
+    "07_sampling.ipynb": ("your KV cache inside generate_ids", {
+        "the cache read one slot too far (the new token's empty slot)": (
+            'def my_cached_forward(model, idx, cache, last_only=False):\n'
+            '    logits = []\n'
+            '    for t in range(idx.size(1)):\n'
+            '        pos = cache.length\n'
+            '        x = model.tok_emb(idx[:, t:t + 1]) * math.sqrt(model.config.d_model) + model.pos_table[pos]\n'
+            '        for layer, block in enumerate(model.blocks):\n'
+            '            past_k, past_v = cache.k[layer, :, :, :pos + 1], cache.v[layer, :, :, :pos + 1]\n'
+            '            a, k, v = my_cached_attention(block.attn, block.ln1(x), past_k, past_v)\n'
+            '            cache.k[layer, :, :, pos], cache.v[layer, :, :, pos] = k[:, :, -1], v[:, :, -1]\n'
+            '            x = x + a\n'
+            '            x = x + block.ffn(block.ln2(x))\n'
+            '        cache.length = pos + 1\n'
+            '        logits.append(model.lm_head(model.ln_f(x)))\n'
+            '    logits = torch.cat(logits, dim=1)\n'
+            '    return logits[:, -1:] if last_only else logits\n'),
+        "the new token's position off by one": (
+            'def my_cached_forward(model, idx, cache, last_only=False):\n'
+            '    logits = []\n'
+            '    for t in range(idx.size(1)):\n'
+            '        pos = cache.length\n'
+            '        x = model.tok_emb(idx[:, t:t + 1]) * math.sqrt(model.config.d_model) + model.pos_table[pos + 1]\n'
+            '        for layer, block in enumerate(model.blocks):\n'
+            '            past_k, past_v = cache.k[layer, :, :, :pos], cache.v[layer, :, :, :pos]\n'
+            '            a, k, v = my_cached_attention(block.attn, block.ln1(x), past_k, past_v)\n'
+            '            cache.k[layer, :, :, pos], cache.v[layer, :, :, pos] = k[:, :, -1], v[:, :, -1]\n'
+            '            x = x + a\n'
+            '            x = x + block.ffn(block.ln2(x))\n'
+            '        cache.length = pos + 1\n'
+            '        logits.append(model.lm_head(model.ln_f(x)))\n'
+            '    logits = torch.cat(logits, dim=1)\n'
+            '    return logits[:, -1:] if last_only else logits\n'),
+    }),
+    "08_custom_data.ipynb": ("your mask and padding inside a fine-tuning run", {
+        "padding targets with the pad id": "def my_pad_batch(items, pad_id):\n"
+                                           "    T = max(len(x) for x, _ in items)\n"
+                                           "    x = torch.full((len(items), T), pad_id, dtype=torch.long)\n"
+                                           "    y = torch.full((len(items), T), pad_id, dtype=torch.long)\n"
+                                           "    for row, (xi, yi) in enumerate(items):\n"
+                                           "        x[row, : len(xi)], y[row, : len(yi)] = xi, yi\n"
+                                           "    return x, y\n",
+        "the answer mask one target too far": "def my_make_example(ids, prompt_len, ignore_index):\n"
+                                              "    ids = torch.tensor(ids, dtype=torch.long)\n"
+                                              "    x, y = ids[:-1], ids[1:].clone()\n"
+                                              "    y[:prompt_len] = ignore_index\n"
+                                              "    return x, y\n",
+    }),
 }
-STUBS = {"01_bpe.ipynb": "train", "02_attention.ipynb": "causal_attention",
+STUBS = {"01_bpe.ipynb": "train", "08_custom_data.ipynb": "my_pad_batch", "02_attention.ipynb": "causal_attention",
          "03_transformer_block.ipynb": "pre_norm_block", "05_mixed_precision.ipynb": "my_activation_bytes",
-         "09_experiments.ipynb": "my_rms_norm"}
+         "09_experiments.ipynb": "my_rms_norm", "07_sampling.ipynb": "my_cached_forward"}
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +253,8 @@ def solved():
     import matplotlib
 
     matplotlib.use("Agg")  # the experiments plot
-    runs = {}
+    runs, here = {}, os.getcwd()
+    os.chdir(SOLUTIONS)  # where a notebook runs: its paths are relative to its folder
     for name in PLANTED:
         nb = json.loads((SOLUTIONS / name).read_text(encoding="utf-8"))
         cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
@@ -213,6 +263,7 @@ def solved():
         for source in cells:
             exec(compile(source, name, "exec"), namespace)
         runs[name] = namespace, cells[-1]
+    os.chdir(here)
     return runs
 
 
@@ -235,6 +286,7 @@ def replaced_in(namespace: dict, source: str):
 def test_a_wrong_learner_function_reaches_the_run_and_fails_the_plug_in_check(solved, notebook, bug, monkeypatch,
                                                                               capsys):
     monkeypatch.setenv("TINYLLM_STRICT_CHECKS", "1")
+    monkeypatch.chdir(SOLUTIONS)
     namespace, plug_cell = solved[notebook]
     name, bugs = PLANTED[notebook]
     with replaced_in(namespace, bugs[bug]):
@@ -247,6 +299,7 @@ def test_a_wrong_learner_function_reaches_the_run_and_fails_the_plug_in_check(so
 def test_the_plug_in_cell_passes_with_the_solutions_and_says_not_written_yet_for_a_stub(solved, notebook, monkeypatch,
                                                                                        capsys):
     monkeypatch.setenv("TINYLLM_STRICT_CHECKS", "1")
+    monkeypatch.chdir(SOLUTIONS)
     namespace, plug_cell = solved[notebook]
     name = PLANTED[notebook][0]
     exec(plug_cell, namespace)

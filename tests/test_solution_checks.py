@@ -83,6 +83,18 @@ BUGS = {
     "answer mask one target too far": (
         "08_custom_data.ipynb", "y[: prompt_len - 1] = ignore_index", "y[:prompt_len] = ignore_index",
         "my_make_example"),
+    "padding targets with the pad id instead of the ignore index": (
+        "08_custom_data.ipynb", "y = torch.full((len(items), T), -100, dtype=torch.long)",
+        "y = torch.full((len(items), T), pad_id, dtype=torch.long)", "my_pad_batch"),
+    "padding on the left": (
+        "08_custom_data.ipynb", "x[row, : len(xi)], y[row, : len(yi)] = xi, yi",
+        "x[row, T - len(xi) :], y[row, T - len(yi) :] = xi, yi", "my_pad_batch"),
+    "lookup scored by shared words, not their share": (
+        "08_custom_data.ipynb", "score = len(words & theirs) / max(1, len(words | theirs))",
+        "score = len(words & theirs)", "my_nearest_answer"),
+    "lookup without normalising the questions": (
+        "08_custom_data.ipynb", "theirs = set(normalize_answer(record[\"question\"]).split())",
+        "theirs = set(record[\"question\"].split())", "my_nearest_answer"),
     "token-F1 counting a repeated word once": (
         "08_custom_data.ipynb", "shared = sum((Counter(pred) & Counter(ref)).values())",
         "shared = len(set(pred) & set(ref))", "my_token_f1"),
@@ -105,6 +117,13 @@ BUGS = {
     "safetensors offsets counted from the start of the file": (
         "10_gpt2.ipynb", "data = bytearray(raw[8 + n + begin : 8 + n + end])", "data = bytearray(raw[begin:end])",
         "read_tensor"),
+    "distinct-2 with bigrams spanning two samples": (
+        "07_sampling.ipynb", "grams = [(row[i], row[i + 1]) for row in rows for i in range(len(row) - 1)]",
+        "grams = list(zip([t for row in rows for t in row], [t for row in rows for t in row][1:]))",
+        "my_distinct_2"),
+    "temperature applied as a product, not a division": (
+        "07_sampling.ipynb", "return (logits / temperature).softmax(dim=-1)", "return (logits * temperature).softmax(dim=-1)",
+        "probs_at_temperature"),
 }
 
 
@@ -112,6 +131,7 @@ BUGS = {
 def test_the_check_cell_catches_a_planted_bug(bug, monkeypatch, capsys):
     notebook, old, new, exercise = BUGS[bug]
     monkeypatch.setenv(STRICT_ENV, "1")
+    monkeypatch.chdir(SOLUTIONS)  # where a notebook runs: its paths are relative to its folder
     cells, planted_at = plant(code_cells(notebook), old, new)
     failure = run_until_failure(cells)
     assert failure is not None, f"{bug}: every check cell of solutions/{notebook} printed ✓"
@@ -156,3 +176,72 @@ def test_a_wrong_solution_fails_its_notebook_under_nbval(tmp_path):
     assert result.returncode == 1, out
     assert "CheckFailed" in out and "attention_scores differs from the reference" in out, out
     assert "1 failed" in out, out  # only the check cell of exercise 1
+
+
+# ---------------------------------------------------------------- chapter 06: checks that run on several processes
+# Its check cells ship the learner's functions to torchrun jobs through inspect.getsource, so each cell
+# is compiled under a file name that linecache knows, as Jupyter does. Only the setup cell and the
+# exercise's own cells run: the other exercises' jobs would only cost time.
+
+def run_cells_with_sources(cells: list[str]) -> tuple[int, BaseException] | None:
+    import linecache
+
+    namespace = {"__name__": "__main__"}
+    for i, source in enumerate(cells):
+        filename = f"<solutions/06_ddp.ipynb, cell {i}>"
+        linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+        try:
+            exec(compile(source, filename, "exec"), namespace)
+        except Exception as exc:
+            return i, exc
+    return None
+
+
+DDP_BUGS = {  # bug -> (old, new, the cell defining the exercise, its check cell, what the check says first)
+    "overlapped wrapper that forgets to divide by the world size": (
+        "    flat /= self.world\n", "", "def grad_ready(", 'name="your overlapped wrapper on 2 ranks"',
+        "✗ your overlapped wrapper on 2 ranks differs from the reference"),
+    "overlapped wrapper that never copies the averages back": (
+        "            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))\n", "            pass\n",
+        "def grad_ready(", 'name="your overlapped wrapper on 2 ranks"',
+        "✗ your overlapped wrapper on 2 ranks differs from the reference"),
+    "overlapped wrapper that sends a bucket at its first gradient": (
+        "if self.ready[i] == len(self.buckets[i]):", "if self.ready[i] == 1:", "def grad_ready(",
+        'name="your overlapped wrapper on 2 ranks"', "✗ your overlapped wrapper on 2 ranks"),
+    "overlapped wrapper with a blocking all-reduce": (
+        "async_op=True)", "async_op=False)", "def grad_ready(", 'name="your overlapped wrapper on 2 ranks"',
+        "✗ your overlapped wrapper on 2 ranks"),
+    "ring all-gather that adds instead of copying": (
+        "chunks[receive].copy_(incoming)", "chunks[receive].add_(incoming)", "def ring_all_reduce(", "PROBE_RING",
+        "✗ rank 0's tensor of 3000 after ring_all_reduce"),
+    "ring replaced by dist.all_reduce (right sum, no ring)": (
+        "    rank, world = dist.get_rank(), dist.get_world_size()\n    right,",
+        "    return dist.all_reduce(tensor)\n    right,", "def ring_all_reduce(", "PROBE_RING",
+        "✗ bytes each rank sent for a tensor of 12,000 bytes"),
+}
+
+
+@pytest.mark.parametrize("bug", list(DDP_BUGS))
+def test_the_06_check_cells_catch_a_planted_bug_on_real_processes(bug, monkeypatch, capsys):
+    old, new, definition, check_cell, verdict = DDP_BUGS[bug]
+    monkeypatch.setenv(STRICT_ENV, "1")
+    cells = code_cells("06_ddp.ipynb")
+    planted, at = plant(cells, old, new)
+    assert definition in planted[at]
+    (checked,) = [i for i, source in enumerate(cells) if check_cell in source and i > at]
+    failure = run_cells_with_sources([planted[0], planted[at], planted[checked]])
+    assert failure is not None and failure[0] == 2, f"{bug}: the check printed ✓ ({failure})"
+    assert isinstance(failure[1], CheckFailed), repr(failure[1])
+    assert str(failure[1]).startswith(verdict), str(failure[1])
+    print(f"{bug}: {str(failure[1])[-300:]}")  # what the bug scored
+    assert verdict in capsys.readouterr().out  # what the learner reads
+
+
+def test_the_06_check_cells_pass_with_the_solutions(monkeypatch, capsys):
+    monkeypatch.setenv(STRICT_ENV, "1")
+    cells = code_cells("06_ddp.ipynb")
+    ring = next(i for i, source in enumerate(cells) if "def ring_all_reduce(" in source)
+    overlap = next(i for i, source in enumerate(cells) if "def grad_ready(" in source)
+    assert run_cells_with_sources([cells[0], cells[ring], cells[ring + 1], cells[overlap], cells[overlap + 1]]) is None
+    out = capsys.readouterr().out
+    assert "✓ correct: bytes each rank sent" in out and "✓ correct: your overlapped wrapper on 2 ranks" in out, out

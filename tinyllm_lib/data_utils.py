@@ -409,6 +409,22 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def nearest_neighbour_answers(train_records: list[dict], questions: list[str]) -> list[str]:
+    """For each question, the answer of the training question whose words overlap it most (Jaccard).
+
+    >>> train = [{"question": "Who are you?", "answer": "TinyLLM."}, {"question": "What is BPE?", "answer": "A tokenizer."}]
+    >>> nearest_neighbour_answers(train, ["Tell me who you are.", "What does BPE mean?"])
+    ['TinyLLM.', 'A tokenizer.']
+    """
+    bags = [set(normalize_answer(r["question"]).split()) for r in train_records]
+    answers = []
+    for question in questions:
+        words = set(normalize_answer(question).split())
+        overlap = [len(words & bag) / max(1, len(words | bag)) for bag in bags]
+        answers.append(train_records[overlap.index(max(overlap))]["answer"])  # ties: the first
+    return answers
+
+
 @dataclass
 class QATokenData:
     """Question-answer pairs for chapter 04's Trainer: what it reads from a `TokenData` (tokenizer,

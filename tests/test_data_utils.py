@@ -18,6 +18,8 @@ from tinyllm_lib.data_utils import (
     is_held_out,
     load_qa_json,
     make_example,
+    nearest_neighbour_answers,
+    normalize_answer,
     pad_batch,
     prepare_custom_data,
     prompt_template,
@@ -365,3 +367,22 @@ def test_one_token_as_both_bos_and_eos_trains_pairs_that_stop(tmp_path, tok):
     prompts = [wrap_pair(r["question"], r["answer"], shared)[0][: p] for r, (_, p) in zip(asked, data.train.examples)]
     answers = [shared.decode(row).strip() for row in generate_ids(model, prompts, 24, eos_id=shared.eos_id)]
     assert answers == [r["answer"] for r in asked]  # each answer complete, and nothing written after its end
+
+
+def test_the_paraphrase_file_adds_training_pairs_only_for_half_the_held_out_twins():
+    base, extra = load_qa_json(QA_JSON), load_qa_json(QA_JSON.with_name("qa_paraphrases.json"))
+    ids = [r["id"] for r in base + extra]
+    assert len(set(ids)) == len(ids) and not any(is_held_out(r, 0) for r in extra)  # none joins the held-out split
+    questions = {normalize_answer(r["question"]) for r in base}
+    assert not any(normalize_answer(r["question"]) in questions for r in extra)  # new wordings only
+    train_answers = {r["answer"] for r in base if not is_held_out(r, 0)}
+    assert {r["answer"] for r in extra} <= train_answers  # each is a twin's answer
+    held = [r for r in base if is_held_out(r, 0)]
+    rephrased = [r["id"] for r in held if r["answer"] in {e["answer"] for e in extra}]
+    assert rephrased == [i for i in range(10, 340, 20)]  # ids 10, 30, ..., 330: the other half is the control
+
+
+def test_nearest_neighbour_answers_take_the_closest_wording():
+    train = [{"question": "Who are you?", "answer": "A"}, {"question": "What is the causal mask?", "answer": "B"},
+             {"question": "What is BPE?", "answer": "C"}]
+    assert nearest_neighbour_answers(train, ["Who ARE you!", "What does the causal mask do?", "Hello"]) == ["A", "B", "A"]

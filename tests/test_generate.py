@@ -419,3 +419,102 @@ def test_cli_answers_a_question_with_a_question_answer_checkpoint(tmp_path, caps
     for bad in ["", "Who <EOS> are you?"]:
         assert main(["--checkpoint", str(tmp_path / "qa.pt"), "--prompt", bad]) == 2
         assert "qa.pt answers questions: --prompt must be a question" in capsys.readouterr().err
+
+
+# -- quality against diversity, and decoding with fewer bytes per weight --------------------------
+def test_distinct_n_pools_the_samples():
+    from tinyllm_lib.generate import distinct_n
+
+    assert distinct_n([[1, 2, 1, 2], [1, 2, 3]], 2) == pytest.approx(3 / 5)
+    assert distinct_n([[5, 6, 7]] * 4, 2) == pytest.approx(2 / 8)  # copies of one text score low
+    assert distinct_n([[1], []], 2) == 0.0
+
+
+def test_mean_log_likelihood_is_the_models_own_cross_entropy_on_the_new_tokens():
+    from tinyllm_lib.generate import mean_log_likelihood
+
+    model = tiny_model()
+    prompt, rows = [3, 4, 5], [[7, 8, 9, 10], [11, 12]]
+    expected = []
+    with torch.no_grad():
+        for row in rows:
+            idx = torch.tensor([prompt + row])
+            logp = model(idx[:, :-1]).log_softmax(-1)[0]
+            expected += [logp[len(prompt) - 1 + i, t].item() for i, t in enumerate(row)]
+    assert mean_log_likelihood(model, prompt, rows) == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="context"):
+        mean_log_likelihood(model, prompt, [[1] * 30])
+
+
+def test_weight_bytes_per_token_counts_each_weight_once():
+    from tinyllm_lib.generate import quantize_int8, weight_bytes_per_token
+
+    model = tiny_model(pos_emb="learned")  # tied head; a learned position table is read one row at a time
+    C = model.config.d_model
+    every = sum(p.numel() for p in model.parameters()) * 4
+    assert weight_bytes_per_token(model) == every - model.pos_emb.weight.nbytes + C * 4
+    assert weight_bytes_per_token(model.to(torch.bfloat16)) * 2 == weight_bytes_per_token(tiny_model(pos_emb="learned"))
+    q = quantize_int8(tiny_model(pos_emb="learned"))
+    assert weight_bytes_per_token(q) < weight_bytes_per_token(tiny_model(pos_emb="learned")) / 2
+
+
+def test_int8_weights_stay_close_and_the_cache_stays_exact():
+    from tinyllm_lib.generate import Int8Linear, quantize_int8
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    x = torch.randn(3, 5, 64)
+    err = (Int8Linear(linear)(x) - linear(x)).abs().max() / linear(x).abs().max()
+    assert 0 < err < 0.02
+    model = quantize_int8(tiny_model())
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    n = 2 * model.config.context_length
+    assert generate_ids(model, [1, 2, 3], n, temperature=0) == generate_ids(model, [1, 2, 3], n, temperature=0,
+                                                                             use_cache=False)
+
+
+def test_bf16_weights_decode_with_the_cache():
+    model = tiny_model().to(torch.bfloat16)
+    rows = generate_ids(model, [[1, 2, 3], [4]], 30, temperature=0.8, top_k=10, seed=0)
+    assert [len(r) for r in rows] == [30, 30]
+    cache = KVCache(model.config, 1, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        logits = cached_forward(model, torch.tensor([[1, 2, 3]]), cache)
+        full = model(torch.tensor([[1, 2, 3]]))
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), full.float(), atol=0.05, rtol=0.02)
+
+
+def test_matvec_bandwidth_is_bytes_over_seconds():
+    from tinyllm_lib.generate import matvec_bandwidth
+
+    assert 1e8 < matvec_bandwidth(8, repeats=2) < 1e13
+
+
+def test_explorer_penalty_slider_and_static_grid(tok, capsys):
+    import matplotlib
+
+    from tinyllm_lib.generate import widgets_live
+
+    matplotlib.use("Agg")
+    model = tiny_model(vocab=tok.vocab_size)
+    ex = SamplingExplorer(model, tok, prompt="All:", max_new_tokens=12)
+    ex.temperature.value, ex.repetition_penalty.value = 0.0, 1.8
+    ex.button.click()
+    assert ex.text.value == generate(model, tok, "All:", 12, temperature=0, repetition_penalty=1.8, seed=0)
+    assert "penalty=1.8" in ex.figure().axes[0].get_title()
+    grid = [dict(temperature=0.5), dict(temperature=1.5, min_p=0.1)]
+    assert len([a for a in ex.figure(grid).axes if a.axison]) == 2
+    ex.show(static=True, grid=grid)
+    out = capsys.readouterr().out
+    assert "temperature=0.5, seed=0" in out and "temperature=1.5, min_p=0.1, seed=0" in out
+    assert ("All:" + generate(model, tok, "All:", 12, temperature=1.5, min_p=0.1, seed=0)) in out
+    saved = sys.modules.get("google.colab")
+    sys.modules["google.colab"] = type(sys)("google.colab")
+    try:
+        assert widgets_live()  # Colab renders ipywidgets
+    finally:
+        if saved is None:
+            del sys.modules["google.colab"]
+        else:
+            sys.modules["google.colab"] = saved

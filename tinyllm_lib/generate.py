@@ -26,6 +26,7 @@ import argparse
 import math
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 
@@ -38,19 +39,6 @@ from tinyllm_lib.corpus import DataFileError
 from tinyllm_lib.env import pick_device
 from tinyllm_lib.model import GPT
 from tinyllm_lib.tokenizer import BPETokenizer
-
-
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's penalty (Keskar et al. 2019) on tokens already in the text: a positive logit is divided
-    by `penalty`, a negative one multiplied, so penalty > 1 always makes a seen token less likely.
-
-    logits (B, V) float, seen (B, V) bool.
-
-    >>> apply_repetition_penalty(torch.tensor([[2.0, -2.0, 2.0]]), torch.tensor([[True, True, False]]), 2.0)
-    tensor([[ 1., -4.,  2.]])
-    """
-    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalised, logits)
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -106,6 +94,21 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
         return logits
     probs = logits.softmax(dim=-1)
     return logits.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), float("-inf"))
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """The repetition penalty on tokens already in the text, in Hugging Face's sign-aware form: a
+    positive logit is divided by `penalty`, a negative one multiplied, so penalty > 1 always makes a
+    seen token less likely. (CTRL, Keskar et al. 2019, divides every penalised logit, which pushes a
+    negative one towards 0: up, not down.)
+
+    logits (B, V) float, seen (B, V) bool.
+
+    >>> apply_repetition_penalty(torch.tensor([[2.0, -2.0, 2.0]]), torch.tensor([[True, True, False]]), 2.0)
+    tensor([[ 1., -4.,  2.]])
+    """
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
 
 
 def _is_real(x) -> bool:
@@ -208,16 +211,20 @@ def token_label(tokenizer: BPETokenizer, i: int) -> str:
 
 def plot_distribution(logits: torch.Tensor, tokenizer: BPETokenizer, ax=None, n_tokens: int = 20,
                       temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
-                      min_p: float = 0.0, title: str | None = None):
+                      min_p: float = 0.0, repetition_penalty: float = 1.0, seen: torch.Tensor | None = None,
+                      title: str | None = None):
     """Bars: the n most likely next tokens at this temperature; the filters' survivors in colour,
     the others grey. With top_p < 1, the cumulative probability and the line at p. Returns the axes.
 
-    logits: (V,) for one position, e.g. `next_token_logits(model, tokenizer, "ROMEO:")`.
+    logits: (V,) for one position, e.g. `next_token_logits(model, tokenizer, "ROMEO:")`; `seen` (V,) bool:
+    the tokens the repetition penalty applies to.
     """
     import matplotlib.pyplot as plt  # only plots need pyplot
 
     ax = ax or plt.subplots(figsize=(9, 3.2))[1]
     row = logits.float()[None]  # (1, V)
+    if repetition_penalty != 1.0 and seen is not None:
+        row = apply_repetition_penalty(row, seen[None], repetition_penalty)  # bars show the penalised logits
     probs = (row / temperature if temperature > 0 else row).softmax(-1)[0]  # what temperature makes of it
     kept = filter_logits(row, temperature, top_k, top_p, min_p)[0] > float("-inf")  # (V,) bool
     top = probs.argsort(descending=True)[:n_tokens]
@@ -230,7 +237,8 @@ def plot_distribution(logits: torch.Tensor, tokenizer: BPETokenizer, ax=None, n_
         ax.legend(fontsize=8, loc="center right")
     n_kept, mass = int(kept.sum()), probs[kept].sum().item()
     settings = f"T={temperature:g}" + (f", top-k={top_k}" if top_k else "") + (
-        f", top-p={top_p:g}" if top_p < 1 else "") + (f", min-p={min_p:g}" if min_p > 0 else "")
+        f", top-p={top_p:g}" if top_p < 1 else "") + (f", min-p={min_p:g}" if min_p > 0 else "") + (
+        f", penalty={repetition_penalty:g}" if repetition_penalty != 1 and seen is not None else "")
     ax.set(ylabel="probability", ylim=(0, 1.05 if top_p < 1 else None),
            title=title or f"{settings}: {n_kept} token{'s' * (n_kept != 1)} kept, {mass:.0%} of the mass")
     ax.grid(axis="y", alpha=0.3)
@@ -562,19 +570,134 @@ def stream(model: GPT, tokenizer: BPETokenizer, prompt: str, max_new_tokens: int
         yield row.text[emitted:]
 
 
+def distinct_n(rows: Sequence[Sequence[int]], n: int = 2) -> float:
+    """Diversity of a set of samples (distinct-n, Li et al. 2016): the share of distinct n-grams among
+    all n-grams of all the samples, pooled. 1: no n-gram ever repeats, within a sample or across
+    samples; 20 copies of one text score at most 1/20.
+
+    >>> distinct_n([[1, 2, 1, 2], [1, 2, 3]])   # bigrams 12 21 12 | 12 23: 3 distinct of 5
+    0.6
+    """
+    grams = [tuple(row[i:i + n]) for row in rows for i in range(len(row) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+@torch.no_grad()
+def mean_log_likelihood(model: GPT, prompt_ids: Sequence[int], rows: Sequence[Sequence[int]]) -> float:
+    """Mean log-probability (nats per token) of the new tokens `rows` after `prompt_ids`, under `model`
+    itself at T = 1 with no filter: how likely the model finds the text it wrote (0 is the maximum).
+    Each prompt + row must fit in the context."""
+    training = model.training
+    model.eval()
+    try:
+        total, count = 0.0, 0
+        device = model.tok_emb.weight.device
+        for row in rows:
+            ids = list(prompt_ids) + list(row)
+            if len(ids) > model.config.context_length:
+                raise ValueError(f"prompt + sample is {len(ids)} tokens; the context holds {model.config.context_length}")
+            if not row:
+                continue
+            idx = torch.tensor([ids], device=device)  # (1, T)
+            logp = model(idx[:, :-1]).float().log_softmax(-1)[0]  # (T-1, V): position t predicts token t+1
+            targets = idx[0, 1:]  # (T-1,)
+            picked = logp.gather(-1, targets[:, None])[-len(row):]  # the new tokens only
+            total, count = total + picked.sum().item(), count + len(row)
+        return total / max(count, 1)
+    finally:
+        model.train(training)
+
+
+def matvec_bandwidth(megabytes: float = 1024, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Bytes per second a matrix-vector product streams from memory (the best of `repeats` runs).
+
+    y = W @ x with W of about `megabytes` MB, far larger than the caches, so every byte of W is read
+    from RAM once and the product does almost nothing else: the speed limit of batch-1 decoding,
+    which reads every weight once per token. Uses torch's current thread count.
+    """
+    n = int(math.sqrt(megabytes * 1e6 / torch.empty((), dtype=dtype).element_size()))
+    W = torch.empty(n, n, dtype=dtype).uniform_(-1, 1)  # (n, n)
+    x = torch.empty(n, dtype=dtype).uniform_(-1, 1)  # (n,)
+    torch.mv(W, x)  # warm up: first touch of the pages, kernel choice
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mv(W, x)
+        best = min(best, time.perf_counter() - t0)
+    return W.nbytes / best
+
+
+def weight_bytes_per_token(model: torch.nn.Module) -> int:
+    """Bytes of weights one batch-1 decoding step reads: every matrix, bias and norm once; an embedding
+    table only one row (unless it is tied to the head, which reads it all). The KV cache comes on top."""
+    head = getattr(model, "lm_head", None)
+    tied = {id(head.weight)} if isinstance(head, torch.nn.Linear) else set()
+    seen, total = set(), 0
+    for module in model.modules():
+        tensors = list(module.parameters(recurse=False))
+        tensors += [b for name, b in module.named_buffers(recurse=False) if isinstance(module, Int8Linear)]
+        for t in tensors:
+            if isinstance(module, torch.nn.Embedding):  # a lookup reads one row; a tied table: the head counts it
+                total += 0 if id(t) in tied else t[0].nbytes
+            elif id(t) not in seen:
+                seen.add(id(t))
+                total += t.nbytes
+    return total
+
+
+class Int8Linear(torch.nn.Module):
+    """A Linear layer whose weight is stored as int8 with one float scale per output row
+    (weight-only quantization: activations keep their dtype). A quarter of fp32's bytes to read."""
+
+    def __init__(self, linear: torch.nn.Linear, dtype: torch.dtype | None = None):
+        super().__init__()
+        w = linear.weight.detach().float()  # (out, in)
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127  # (out,): the largest |w| of a row maps to 127
+        dtype = dtype or linear.weight.dtype
+        self.register_buffer("qweight", (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale.to(dtype))
+        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach().to(dtype), False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.size(-1)).to(self.scale.dtype).contiguous()  # (N, in)
+        if hasattr(torch, "_weight_int8pack_mm") and x2.device.type == "cpu":
+            y = torch._weight_int8pack_mm(x2, self.qweight, self.scale)  # int8 weights read as they are
+        else:  # fallback: dequantize (reads the weight in x's dtype: correct, not faster)
+            y = x2 @ (self.qweight.to(x2.dtype) * self.scale[:, None]).T
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], -1)
+
+
+def quantize_int8(model: GPT) -> GPT:
+    """A copy of `model` with every Linear layer (the head too) stored as int8 weights + a scale per row.
+    The token embedding stays as it is: looking up one row costs nothing."""
+    import copy
+
+    q = copy.deepcopy(model).eval()
+    for parent in list(q.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(parent, name, Int8Linear(child))
+    return q
+
+
 def widgets_live() -> bool:
     """Can widgets render here? ipywidgets is installed and a Jupyter server (JupyterLab, Notebook)
-    or VS Code started this kernel. nbconvert and nbval run notebooks with no front end at all."""
+    or VS Code started this kernel, or it runs in Google Colab. nbconvert and nbval run notebooks
+    with no front end at all."""
     try:
         import ipywidgets  # noqa: F401
     except ImportError:
         return False
+    if "google.colab" in sys.modules:
+        return True
     return any(k in os.environ for k in ("JPY_SESSION_NAME", "VSCODE_PID", "VSCODE_CWD"))
 
 
 class SamplingExplorer:
-    """Sliders for temperature, top-k, top-p and min-p, a prompt box and a Generate button; shows the
-    next-token distribution under those settings and a sample written with them.
+    """Sliders for temperature, top-k, top-p, min-p and the repetition penalty, a prompt box and a
+    Generate button; shows the next-token distribution under those settings and a sample written with them.
 
     Built from Python, so it can be driven without a browser:
     `ex = SamplingExplorer(model, tok); ex.temperature.value = 0; ex.button.click(); ex.text.value`.
@@ -591,29 +714,44 @@ class SamplingExplorer:
                                  style=style)
         self.top_p = w.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p", style=style)
         self.min_p = w.FloatSlider(value=0.0, min=0.0, max=0.5, step=0.01, description="min-p", style=style)
+        self.repetition_penalty = w.FloatSlider(value=1.0, min=0.5, max=2.0, step=0.05, description="rep. penalty",
+                                                style=style)
         self.prompt = w.Textarea(value=prompt, description="prompt", style=style, layout=w.Layout(width="600px"))
         self.button = w.Button(description="Generate", button_style="primary")
         self.chart = w.Output()
         self.text = w.Textarea(value="", description="sample", style=style, disabled=True,
                                layout=w.Layout(width="800px", height="160px"))
         self.button.on_click(lambda _: self.update())
-        for slider in (self.temperature, self.top_k, self.top_p, self.min_p):
+        for slider in (self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty):
             slider.observe(lambda _: self.draw(), names="value")  # the chart follows the sliders live
         self.widget = w.VBox([self.prompt, w.HBox([w.VBox([self.temperature, self.top_k]),
-                                                   w.VBox([self.top_p, self.min_p])]),
+                                                   w.VBox([self.top_p, self.min_p]),
+                                                   w.VBox([self.repetition_penalty])]),
                               self.button, self.chart, self.text])
 
     def settings(self) -> dict:
         return dict(temperature=self.temperature.value, top_k=self.top_k.value or None, top_p=self.top_p.value,
-                    min_p=self.min_p.value)
+                    min_p=self.min_p.value, repetition_penalty=self.repetition_penalty.value)
 
-    def figure(self):
+    def figure(self, grid: Sequence[dict] | None = None):
+        """The next-token distribution under the sliders' settings, or one panel per settings of `grid`."""
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(9, 3.2))
+        grid = list(grid) if grid else [self.settings()]
+        cols = min(len(grid), 3)
+        rows = -(-len(grid) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(9 if cols == 1 else 5 * cols, 3.4 * rows), squeeze=False)
         logits = next_token_logits(self.model, self.tokenizer, self.prompt.value)
-        plot_distribution(logits, self.tokenizer, ax, **self.settings())
-        ax.set_title(f"after {self.prompt.value[-40:]!r}: " + ax.get_title(), fontsize=10)
+        seen = torch.zeros(1, logits.numel(), dtype=torch.bool)  # the prompt's tokens, for the penalty
+        seen[0, _prompt_ids(self.tokenizer, self.prompt.value)] = True
+        for ax, settings in zip(axes.flat, grid):
+            plot_distribution(logits, self.tokenizer, ax, seen=seen[0], **settings)
+        for ax in list(axes.flat)[len(grid):]:
+            ax.axis("off")
+        if len(grid) == 1:
+            axes[0, 0].set_title(f"after {self.prompt.value[-40:]!r}: " + axes[0, 0].get_title(), fontsize=10)
+        else:
+            fig.suptitle(f"next-token distribution after {self.prompt.value[-40:]!r}")
         fig.tight_layout()
         return fig
 
@@ -633,8 +771,12 @@ class SamplingExplorer:
         self.text.value = generate(self.model, self.tokenizer, self.prompt.value, self.max_new_tokens,
                                    seed=self.seed, **self.settings())
 
-    def show(self, static: bool | None = None) -> None:
-        """The live widget, or (static=True, or where widgets cannot render) a message, the chart and a sample."""
+    STATIC_GRID = (dict(temperature=0.8), dict(temperature=0.8, top_k=5), dict(temperature=1.0, top_p=0.7),
+                   dict(temperature=1.5), dict(temperature=1.5, min_p=0.1), dict(temperature=0.8, repetition_penalty=1.5))
+
+    def show(self, static: bool | None = None, grid: Sequence[dict] = STATIC_GRID) -> None:
+        """The live widget, or (static=True, or where widgets cannot render) what the sliders would show
+        for a small grid of settings: one chart and one sample per setting."""
         import matplotlib.pyplot as plt
         from IPython.display import display
 
@@ -644,14 +786,15 @@ class SamplingExplorer:
             self.update()
             display(self.widget)
             return
-        print("No live Jupyter front end here, so this is the explorer's static view (its starting settings).\n"
-              "Open the notebook in JupyterLab to move the sliders, or call .show(static=False).")
-        fig = self.figure()
+        print("No live Jupyter front end here, so this is the explorer's static view: what the sliders show\n"
+              "for a few settings. Open the notebook in JupyterLab (or Colab) to move them, or call .show(static=False).")
+        fig = self.figure(grid)
         display(fig)
         plt.close(fig)
-        print(f"sample ({', '.join(f'{k}={v}' for k, v in self.settings().items())}, seed={self.seed}):")
-        print(self.prompt.value + generate(self.model, self.tokenizer, self.prompt.value, self.max_new_tokens,
-                                           seed=self.seed, **self.settings()))
+        for settings in grid:
+            print(f"--- {', '.join(f'{k}={v}' for k, v in settings.items())}, seed={self.seed}:")
+            print(self.prompt.value + generate(self.model, self.tokenizer, self.prompt.value, self.max_new_tokens,
+                                               seed=self.seed, **settings))
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str | None = None) -> tuple[GPT, BPETokenizer]:

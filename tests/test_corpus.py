@@ -86,3 +86,64 @@ def test_real_tinyshakespeare_when_available():
         pytest.skip(f"Tiny Shakespeare is not available offline here: {exc}")
     text = path.read_text(encoding="utf-8")
     assert len(text) == 1_115_394 and text.startswith("First Citizen:")
+
+
+# ---- the King James Bible: a corpus whose source changes its header -------------------------------------
+
+def test_kjv_is_registered_with_its_source_and_markers():
+    entry = corpus.DATA_FILES["kjv"]
+    assert entry.filename == "kjv.txt" and "gutenberg.org" in entry.url and entry.markers
+
+
+def test_kjv_found_offline_through_the_env_var(monkeypatch, tmp_path):
+    shared = Path(__import__("os").environ.get(corpus.ENV_VAR, "/nonexistent"))
+    if not (shared / "kjv.txt").is_file():
+        pytest.skip(f"no offline copy of kjv.txt in ${corpus.ENV_VAR}")
+    monkeypatch.setattr(corpus, "DATA_DIR", tmp_path / "data")  # not in the repository's data/
+    monkeypatch.setattr(corpus.urllib.request, "urlopen", lambda *a, **k: pytest.fail("went to the network"))
+    assert corpus.data_path("kjv", download=False) == shared / "kjv.txt"
+    text = corpus.load_corpus("kjv")
+    assert len(text) > 4_000_000 and "In the beginning God created the heaven and the earth." in text[:200]
+
+
+def test_kjv_missing_and_offline_is_refused_clearly(monkeypatch, tmp_path):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(corpus, "DATA_DIR", tmp_path / "data")
+    monkeypatch.setenv(corpus.ENV_VAR, str(tmp_path / "empty"))
+    monkeypatch.setattr(corpus.urllib.request, "urlopen", offline)
+    for download in (True, False):
+        with pytest.raises(corpus.DataFileError) as err:
+            corpus.data_path("kjv", download=download)
+        message = str(err.value)
+        assert "kjv.txt" in message and corpus.ENV_VAR in message
+        assert corpus.DATA_FILES["kjv"].url in message and str(tmp_path / "empty" / "kjv.txt") in message
+
+
+GUTENBERG = ("The Project Gutenberg eBook of The King James Bible\nlicence text\n"
+             "*** START OF THE PROJECT GUTENBERG EBOOK 10 ***\n"
+             "1:1 In the beginning God created the heaven and the earth.\n" + "1:2 And the earth was.\n" * 40 +
+             "22:21 The grace of our Lord Jesus Christ be with you all. Amen.\n"
+             "*** END OF THE PROJECT GUTENBERG EBOOK 10 ***\nmore licence\n")
+
+
+def test_a_fresh_gutenberg_download_is_accepted_by_its_verses_and_stripped(monkeypatch, tmp_path):
+    """Gutenberg's header changes, so its sha256 cannot be pinned: the first and last verses are checked."""
+    kjv = corpus.DATA_FILES["kjv"]
+    monkeypatch.setitem(corpus.DATA_FILES, "kjv", corpus.DataFile(
+        kjv.filename, kjv.url, kjv.sha256, len(GUTENBERG.encode()), kjv.about, kjv.markers))
+    monkeypatch.setattr(corpus, "DATA_DIR", tmp_path / "data")
+    monkeypatch.delenv(corpus.ENV_VAR, raising=False)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "kjv.txt").write_text(GUTENBERG, encoding="utf-8")
+    text = corpus.load_corpus("kjv")
+    assert text.startswith("1:1 In the beginning") and text.rstrip().endswith("Amen.")
+    assert "licence" not in text
+    (tmp_path / "data" / "kjv.txt").write_text(GUTENBERG.replace("Amen.", "Amen"), encoding="utf-8")
+    with pytest.raises(corpus.DataFileError, match="checksum mismatch"):  # not the Bible we expect
+        corpus.load_corpus("kjv")
+
+
+def test_strip_gutenberg_leaves_a_plain_text_alone():
+    assert corpus.strip_gutenberg("Genesis 1\n\n  1 In the beginning") == "Genesis 1\n\n  1 In the beginning"

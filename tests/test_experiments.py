@@ -14,15 +14,23 @@ from tinyllm_lib.experiments import (
     bootstrap,
     chinchilla_law,
     compare,
+    compute_frontier,
+    compute_optimal,
     count_params,
+    embedding_scale,
+    evaluate_bpc,
     fit_chinchilla,
     fit_power_law,
     load_sweep,
     match_params,
+    noise_band,
     power_law,
     results_table,
     save_sweep,
     scaling_sweep,
+    train_run,
+    training_flops,
+    versus_band,
 )
 from tinyllm_lib.model import GPT, STYLES, GPTConfig, RMSNorm, Rotary
 from tinyllm_lib.train import build_parser, model_config_from_args
@@ -207,3 +215,96 @@ def test_chinchilla_fit_recovers_known_exponents():
     fit = fit_chinchilla(N, D, chinchilla_law(N, D, truth))
     for k in ("alpha", "beta", "E"):
         assert abs(fit[k] - truth[k]) < 0.02, (k, fit)
+
+
+# ---- the noise band, seeds and the embedding-scale confound ----------------------------------------------
+
+def test_noise_band_and_verdicts():
+    band = noise_band([2.80, 2.82, 2.81])
+    assert band == {"mean": pytest.approx(2.81), "sd": pytest.approx(0.01), "n": 3}
+    assert noise_band([{"val_bpc": 2.0}, {"val_bpc": 2.2}, {"val_bpc": 2.4}])["sd"] == pytest.approx(0.2)
+    assert versus_band(2.825, band).endswith("within noise")  # 1.5 sd
+    assert versus_band(2.70, band).endswith("better, beyond noise")
+    assert versus_band(2.84, band).endswith("worse, beyond noise")
+    assert "+3.0 sd" in versus_band(2.84, band)
+    with pytest.raises(ValueError, match="at least 2 runs"):
+        noise_band([2.8])
+
+
+def test_compare_repeats_change_the_seed_and_the_result(data):
+    cfg = tiny(vocab_size=data.tokenizer.vocab_size)
+    rows = compare({"base": cfg, "lr": (cfg, {"lr": 1e-2})}, data, tokens=6 * 8 * 16, repeats=2,
+                   batch_size=8, eval_iters=2, seed=7)
+    assert [(r["variant"], r["seed"]) for r in rows] == [("base", 7), ("base", 8), ("lr", 7), ("lr", 8)]
+    assert [r["lr"] for r in rows] == [5e-3, 5e-3, 1e-2, 1e-2]
+    assert rows[0]["val_bpc"] != rows[1]["val_bpc"]  # another seed: other weights, other batches
+    again = compare({"base": cfg}, data, tokens=6 * 8 * 16, batch_size=8, eval_iters=2, seed=7)[0]
+    assert again["val_bpc"] == rows[0]["val_bpc"]  # the same seed reproduces the run
+    table = results_table(rows, noise_band(rows[:2]))
+    assert "sd)" in table.splitlines()[1] and "noise" in table.splitlines()[3]
+
+
+def test_evaluate_bpc_uses_fixed_windows(data):
+    torch.manual_seed(0)
+    model = GPT(tiny(vocab_size=data.tokenizer.vocab_size)).train()
+    first = evaluate_bpc(model, data, windows=8)
+    torch.manual_seed(123)  # the global RNG does not choose the windows
+    assert evaluate_bpc(model, data, windows=8) == first and model.training
+
+
+def test_train_run_records_a_learning_curve(data):
+    row = train_run(tiny(vocab_size=data.tokenizer.vocab_size), data, 12 * 8 * 16, batch_size=8, eval_iters=2,
+                    curve_points=3)
+    assert [D for D, _ in row["curve"]] == [4 * 128, 8 * 128, 12 * 128]
+    assert row["curve"][-1][1] == row["val_bpc"] and row["curve"][0][1] > row["val_bpc"]
+
+
+@pytest.mark.parametrize("pos_emb, scale", [("sinusoidal", 1.0), ("rope", 4.0), ("learned", 4.0)])
+def test_embedding_scale_sets_the_net_factor(pos_emb, scale):
+    torch.manual_seed(0)
+    model = GPT(tiny(pos_emb=pos_emb, d_model=16)).eval()
+    idx = torch.randint(0, 64, (2, 16))
+    handle = embedding_scale(model, scale)
+    x = model._embed(idx)
+    handle.remove()
+    want = model.tok_emb(idx) * scale
+    if pos_emb == "sinusoidal":
+        want = want + model.pos_table[:16]
+    elif pos_emb == "learned":
+        want = want + model.pos_emb(torch.arange(16))
+    torch.testing.assert_close(x, want)
+    baseline = GPT(tiny(pos_emb=pos_emb, d_model=16)).eval()
+    baseline.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model(idx), baseline(idx))  # removed: the model is its own again
+
+
+# ---- compute: 6ND, the frontier, the compute-optimal split ----------------------------------------------
+
+def test_training_flops_and_frontier():
+    assert float(training_flops(1e6, 2e7)) == 1.2e14
+    C = np.array([4.0, 1.0, 2.0, 3.0, 3.0])
+    L = np.array([2.6, 3.0, 3.2, 2.5, 2.7])
+    assert compute_frontier(C, L).tolist() == [False, True, False, True, False]
+
+
+def test_compute_optimal_minimises_the_law_along_equal_compute():
+    fit = {"E": 1.7, "A": 400.0, "alpha": 0.34, "B": 410.0, "beta": 0.28}
+    for C in (1e15, 1e18, 1e21):
+        N_opt, D_opt = compute_optimal(fit, C)
+        assert 6 * N_opt * D_opt == pytest.approx(C)
+        N_grid = np.geomspace(N_opt / 30, N_opt * 30, 4001)
+        losses = chinchilla_law(N_grid, C / (6 * N_grid), fit)
+        assert N_grid[np.argmin(losses)] == pytest.approx(N_opt, rel=0.01)
+    small, big = compute_optimal(fit, 1e18)[0], compute_optimal(fit, 1e19)[0]
+    assert big / small == pytest.approx(10 ** (0.28 / 0.62))  # N_opt grows as C^(beta/(alpha+beta))
+
+
+def test_least_squares_is_the_default_and_huber_is_an_option():
+    N, D = (a.ravel() for a in np.meshgrid(np.geomspace(1e4, 1e6, 5), np.geomspace(1e5, 1e7, 3)))
+    truth = {"E": 1.2, "A": 40.0, "alpha": 0.34, "B": 60.0, "beta": 0.28}
+    L = chinchilla_law(N, D, truth)
+    L[0] *= 1.3  # one outlier: least squares spreads it, Huber with a tiny delta ignores it
+    ls, huber = fit_chinchilla(N, D, L), fit_chinchilla(N, D, L, huber_delta=1e-3)
+    miss = {name: np.abs(np.log(L[1:]) - np.log(chinchilla_law(N[1:], D[1:], f))) for name, f in
+            (("ls", ls), ("huber", huber))}
+    assert np.median(miss["huber"]) < np.median(miss["ls"])

@@ -28,10 +28,14 @@ from tinyllm_lib.train import main
 from tinyllm_lib.trainer import TrainConfig, Trainer
 
 HERE = Path(__file__).parent
-GRAD_TOLERANCE = 1e-6  # (a) one step: the same sums in another order
-# (b) after 5 AdamW steps at lr 1e-2 (1% of one step): Adam divides each gradient by its own running
-# RMS, which magnifies rounding differences in components whose gradient is nearly zero
-PARAM_TOLERANCE = 1e-4
+GRAD_TOLERANCE = 1e-6  # (a) one backward: the same sums in another order
+# (b) float64 parameters after every one of 5 AdamW steps at lr 1e-2. Adam divides each gradient by its
+# own running RMS, which magnifies rounding in components whose gradient is nearly zero; in float64 that
+# still leaves agreement near 1e-14, while each broken wrapper is off by more than 1e-3 from the first step.
+PARAM_TOLERANCE = 1e-9
+BUG_SCORE = 1e-4  # a broken wrapper must differ by at least this much after 5 steps
+CORRECT = ("torch DDP", "per-parameter", "bucketed", "overlapped")
+BROKEN = ("bug: no division by world size", "bug: no_sync on every micro-batch")
 TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n\n"
         "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n\n") * 60
 TINY = ["--vocab_size", "90", "--d_model", "32", "--n_layers", "1", "--n_heads", "2", "--d_ff", "64",
@@ -39,16 +43,31 @@ TINY = ["--vocab_size", "90", "--d_model", "32", "--n_layers", "1", "--n_heads",
         "--log_interval", "1", "--dtype", "float32", "--device", "cpu"]
 
 
-def test_two_ranks_match_one_process():
-    """(a) gradients after one step and (b) parameters after AdamW steps with accumulation and tied weights."""
-    out = launch(str(HERE / "ddp_equivalence.py"), nproc=2, timeout=240, show=False)
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_data_parallel_matches_one_process_and_a_broken_wrapper_does_not(world_size):
+    """(a) gradients after one backward and (b) float64 parameters after every AdamW step, with
+    accumulation, tied weights and a frozen parameter: torch DDP and our three wrappers agree with one
+    process; the same comparison fails two broken wrappers by many orders of magnitude."""
+    out = launch(str(HERE / "ddp_equivalence.py"), nproc=world_size, timeout=300, show=False)
     result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
-    print(result)
-    assert result["world_size"] == 2 and result["accumulation"] == 2
-    assert set(result["grads"]) == {"torch DDP", "per-parameter", "bucketed"}
-    assert all(diff < GRAD_TOLERANCE for diff in result["grads"].values()), result["grads"]
-    assert all(diff < PARAM_TOLERANCE for diff in result["params"].values()), result["params"]
-    assert all(result["ranks_equal"].values()), result["ranks_equal"]  # the replicas did not drift apart
+    print(json.dumps(result, indent=1))
+    assert result["world_size"] == world_size and result["accumulation"] == 2 and result["steps"] == 5
+    assert set(result["grads"]) == {*CORRECT, *BROKEN}
+    for name in CORRECT:
+        assert result["grads"][name] < GRAD_TOLERANCE, (name, result["grads"][name])
+        assert max(result["params"][name]) < PARAM_TOLERANCE, (name, result["params"][name])
+        assert result["ranks_equal"][name], name  # the replicas did not drift apart
+    for name in BROKEN:  # what a bug scores under the same comparison
+        print(f"{world_size} ranks, {name}: max |parameter difference| per step {result['params'][name]}")
+        assert result["params"][name][-1] > BUG_SCORE, (name, result["params"][name])
+        assert min(result["params"][name]) > 1e3 * PARAM_TOLERANCE, (name, result["params"][name])
+    assert result["grads"]["bug: no division by world size"] > BUG_SCORE  # W times the mean
+    assert not result["ranks_equal"]["bug: no_sync on every micro-batch"]  # nothing keeps them together
+    # the overlapped wrapper sent every bucket during backward, before anything waited for it
+    assert result["buckets"]["overlapped"] > 3
+    assert result["unused_parameter_ok"]  # a parameter backward never reached: zeros, and no hang
+    assert result["in_flight_at_finish"] and all(n == result["buckets"]["overlapped"]
+                                                 for n in result["in_flight_at_finish"]), result
 
 
 def worker_pid(parent: int, rank: int) -> int | None:

@@ -35,68 +35,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tinyllm_lib.env import pick_device
 
 
-class LaunchError(RuntimeError):
-    """A torchrun job failed or timed out; the message holds its last lines of output."""
-
-
-def torchrun_command(target: str, args: list[str] | tuple = (), nproc: int = 2) -> list[str]:
-    """The command line of a one-machine job: a script (`demo.py`) or a module (`tinyllm_lib.train`).
-
-    `--standalone` runs the rendezvous on this machine, on a free port it picks itself.
-    """
-    program = [target] if target.endswith(".py") else ["-m", target]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            *program, *map(str, args)]
-
-
-def launch(target: str, args: list[str] | tuple = (), nproc: int = 2, timeout: float = 600,
-           cwd: str | Path | None = None, show: bool = True) -> str:
-    """Run a torchrun job, streaming its output as it comes; return it, or raise LaunchError.
-
-    Each rank gets cpu_count // nproc threads, so that the ranks do not fight over the cores.
-    """
-    threads = max(1, (os.cpu_count() or 1) // nproc)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    command = torchrun_command(target, args, nproc)
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
-                            env=env, start_new_session=True)  # its own process group: a timeout kills all ranks
-    timed_out = threading.Event()
-
-    def stop():  # SIGTERM: torchrun passes it on to the ranks (each in a session of its own) and exits
-        timed_out.set()
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):  # still there: kill what is left of the group
-            os.killpg(proc.pid, signal.SIGKILL) if hasattr(os, "killpg") else proc.kill()
-
-    timer = threading.Timer(timeout, stop)
-    timer.start()
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if show:
-                print(line, end="", flush=True)
-        code = proc.wait()
-    finally:
-        timer.cancel()
-    if timed_out.is_set():
-        raise LaunchError(f"{' '.join(command[3:])}: stopped after the {timeout:.0f} s timeout. "
-                          f"Last lines:\n{''.join(lines[-15:])}")
-    if code != 0:
-        raise LaunchError(f"{' '.join(command[3:])}: exited with code {code}. Last lines:\n{failure_lines(lines)}")
-    return "".join(lines)
-
-
-def failure_lines(lines: list[str], keep: int = 12) -> str:
-    """The ranks' last lines before torchrun's own report (a long traceback of the launcher)."""
-    for i, line in enumerate(lines):
-        if "torch/distributed/elastic" in line and "failed (exitcode" in line:
-            return "".join(lines[max(0, i - keep):i + 1])
-    return "".join(lines[-keep:])
-
-
 @dataclass(frozen=True)
 class Distributed:
     """Where this process sits in a torchrun job; the defaults describe a plain single process.
@@ -185,50 +123,16 @@ def init_distributed(device: str | None = None) -> tuple[Distributed, torch.devi
     if world_size == 1:
         return Distributed(), pick_device(device)
     info = Distributed(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world_size)
-    if not dist.is_available():
-        raise ValueError(f"WORLD_SIZE={world_size}, but this PyTorch build has no torch.distributed: "
-                         f"run a single process (python -m ..., without torchrun)")
-    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
-    if missing:
-        raise ValueError(f"WORLD_SIZE={world_size} but {' and '.join(missing)} not set: start the job with "
-                         f"torchrun (it sets them), or unset WORLD_SIZE to train in one process")
-    if torch.cuda.is_available() and device in (None, "cuda"):
-        gpus = torch.cuda.device_count()
-        if info.local_rank >= gpus:
-            raise ValueError(f"LOCAL_RANK={info.local_rank} but this machine has {gpus} GPU(s): start at most "
-                             f"{gpus} processes per machine (--nproc_per_node {gpus}), or add --device cpu "
-                             f"to train on CPUs with gloo")
-        if not dist.is_nccl_available():
-            raise ValueError("this PyTorch build has no NCCL for GPUs: add --device cpu to use gloo")
+    gpu = torch.cuda.is_available() and device in (None, "cuda")
+    check_environment(info, gpu)  # a bad launch fails here, with a message that says what to change
+    if gpu:
         chosen, backend = torch.device("cuda", info.local_rank), "nccl"  # one GPU per process
         torch.cuda.set_device(chosen)
     else:
         chosen, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        try:
-            dist.init_process_group(backend=backend)
-        except (RuntimeError, ValueError) as exc:  # no rendezvous at that address, a closed port...
-            where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
-            raise ValueError(f"rank {info.rank} could not join the {backend} process group at {where} ({exc}); "
-                             f"check that every machine reaches that address (--rdzv-endpoint) and that "
-                             f"--nnodes / --nproc_per_node match on all of them") from exc
+        join_process_group(info, backend)  # dist.init_process_group(backend), naming the address if it fails
     return info, chosen
-
-
-def shutdown(exit_code: int | None = None) -> None:
-    """Leave the process group (at the end of a run, on every rank).
-
-    With `exit_code`, also end the process at once with that code, after flushing its output. A normal
-    exit tears down every Python object while gloo's threads may still hold tensors, and the process
-    can then abort ("terminate called without an active exception") after its work is done, which
-    torchrun reports as a failed rank. os._exit skips that teardown: make it a worker's last call.
-    """
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    if exit_code is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(exit_code)
 
 
 def broadcast_parameters(model: nn.Module, src: int = 0) -> None:
@@ -297,7 +201,7 @@ class DataParallel(nn.Module):
         optimizer.step()                        # ... and takes the same step
 
     Skip `sync_gradients()` on all but the last micro-batch to accumulate locally (what `no_sync`
-    does in torch's DDP). Unlike torch's DDP it waits for the whole backward before communicating.
+    does in torch's DDP). It waits for the whole backward before communicating: see OverlappedDataParallel.
     """
 
     def __init__(self, module: nn.Module, bucket_bytes: int | None = 25 * 2**20):
@@ -315,6 +219,110 @@ class DataParallel(nn.Module):
             self.bytes_reduced += average_gradients(self.module)
         else:
             self.bytes_reduced += average_gradients_bucketed(self.module, self.bucket_bytes)
+
+
+class OverlappedDataParallel(nn.Module):
+    """Data parallelism the way torch's DDP does it: each bucket is all-reduced during backward.
+
+        model = OverlappedDataParallel(GPT(cfg), bucket_bytes=2**20)   # broadcasts rank 0's weights
+        lm_loss(model(x), y).backward()      # buckets leave while backward computes earlier layers
+        model.finish_gradient_sync()         # (already run at the end of backward; a no-op now)
+        optimizer.step()                     # every rank steps on the same averaged gradients
+
+    A hook on each parameter (`register_post_accumulate_grad_hook`) fires once its .grad is complete
+    for this backward; a tied weight's fires once, after both of its uses have added up. Buckets hold
+    the parameters in reverse order, the order backward produces their gradients. When the last
+    gradient of a bucket arrives, the bucket is flattened, divided by the world size and sent with
+    `async_op=True`; backward carries on while it travels. `finish_gradient_sync` waits for every
+    message and writes the means back into .grad; it runs by itself at the end of each backward (as in
+    torch's DDP), so a trainer that never calls it still steps on averaged gradients. Inside
+    `no_sync()` nothing is sent and gradients add up locally. Frozen parameters (requires_grad False)
+    get no hook and are never waited for. Every rank's backward must reach the same parameters (torch's
+    DDP asks for find_unused_parameters=True otherwise), so that the buckets leave in the same order.
+    """
+
+    def __init__(self, module: nn.Module, bucket_bytes: int = 25 * 2**20):
+        super().__init__()
+        self.module = module
+        self.world = dist.get_world_size()
+        broadcast_parameters(module)
+        trainable = [p for p in module.parameters() if p.requires_grad]  # parameters(): a tied weight once
+        self.buckets = gradient_buckets(trainable[::-1], bucket_bytes)  # backward's order: last layer first
+        self.bucket_of = {p: i for i, bucket in enumerate(self.buckets) for p in bucket}
+        self.flat = [None] * len(self.buckets)  # one message buffer per bucket
+        self.bytes_reduced = 0  # running total, to compare with the ring formula
+        self.syncing = True  # False inside no_sync()
+        self._reset()
+        for p in trainable:
+            p.register_post_accumulate_grad_hook(self._on_grad)
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Accumulate locally: no message is sent for the backward passes run inside this block."""
+        self.syncing = False
+        try:
+            yield
+        finally:
+            self.syncing = True
+
+    def _reset(self) -> None:
+        self.ready = [0] * len(self.buckets)  # gradients arrived so far in this backward, per bucket
+        self.in_flight = []  # (handle, flat buffer, bucket) of every all-reduce sent
+        self.armed = False  # a backward with syncing on has started reporting gradients
+
+    def _on_grad(self, p: nn.Parameter) -> None:  # the hook: autograd calls it during backward
+        if not self.syncing:
+            return
+        if not self.armed:  # the first gradient of this backward: finish when the backward ends
+            self.armed = True
+            torch.autograd.Variable._execution_engine.queue_callback(self.finish_gradient_sync)
+        self.grad_ready(p)
+
+    def grad_ready(self, p: nn.Parameter) -> None:
+        """p.grad is complete: count it in its bucket, and send the bucket once all of it is ready."""
+        i = self.bucket_of[p]
+        self.ready[i] += 1
+        if self.ready[i] == len(self.buckets[i]):
+            self.send_bucket(i)
+
+    def send_bucket(self, i: int) -> None:
+        """Start the all-reduce of bucket i and return at once; the handle waits in self.in_flight."""
+        bucket = self.buckets[i]
+        grads = [p.grad.reshape(-1) for p in bucket]
+        if self.flat[i] is None:  # allocated once, reused at every step (a fresh 25 MiB costs page faults)
+            self.flat[i] = grads[0].new_empty(sum(g.numel() for g in grads))
+        flat = torch.cat(grads, out=self.flat[i])  # (n,) one contiguous message
+        flat /= self.world  # divide first: the sum of the ranks' shares is then the mean
+        handle = dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)
+        self.in_flight.append((handle, flat, bucket))
+        self.bytes_reduced += flat.numel() * flat.element_size()
+
+    def wait_for_buckets(self) -> None:
+        """Wait for each all-reduce in flight and copy its means back into the .grad of its parameters."""
+        for handle, flat, bucket in self.in_flight:
+            handle.wait()
+            offset = 0
+            for p in bucket:
+                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+                offset += p.numel()
+
+    def finish_gradient_sync(self) -> None:
+        """Wait until every rank holds the averaged gradients (nothing to do outside a synced backward)."""
+        if not self.armed:
+            return
+        for i, bucket in enumerate(self.buckets):  # parameters this backward did not reach: zeros
+            if self.ready[i] < len(bucket):
+                for p in bucket:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                self.send_bucket(i)
+        self.wait_for_buckets()
+        self._reset()
+
+    sync_gradients = finish_gradient_sync  # the name DataParallel uses
 
 
 def ring_allreduce_bytes(payload_bytes: float, world_size: int) -> float:
@@ -338,3 +346,111 @@ def loopback_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+class LaunchError(RuntimeError):
+    """A torchrun job failed or timed out; the message holds its last lines of output."""
+
+
+def torchrun_command(target: str, args: list[str] | tuple = (), nproc: int = 2) -> list[str]:
+    """The command line of a one-machine job: a script (`demo.py`) or a module (`tinyllm_lib.train`).
+
+    `--standalone` runs the rendezvous on this machine, on a free port it picks itself.
+    """
+    program = [target] if target.endswith(".py") else ["-m", target]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            *program, *map(str, args)]
+
+
+def launch(target: str, args: list[str] | tuple = (), nproc: int = 2, timeout: float = 600,
+           cwd: str | Path | None = None, show: bool = True) -> str:
+    """Run a torchrun job, streaming its output as it comes; return it, or raise LaunchError.
+
+    Each rank gets cpu_count // nproc threads, so that the ranks do not fight over the cores.
+    """
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    command = torchrun_command(target, args, nproc)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
+                            env=env, start_new_session=True)  # its own process group: a timeout kills all ranks
+    timed_out = threading.Event()
+
+    def stop():  # SIGTERM: torchrun passes it on to the ranks (each in a session of its own) and exits
+        timed_out.set()
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # still there: kill what is left of the group
+            os.killpg(proc.pid, signal.SIGKILL) if hasattr(os, "killpg") else proc.kill()
+
+    timer = threading.Timer(timeout, stop)
+    timer.start()
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if show:
+                print(line, end="", flush=True)
+        code = proc.wait()
+    finally:
+        timer.cancel()
+    if timed_out.is_set():
+        raise LaunchError(f"{' '.join(command[3:])}: stopped after the {timeout:.0f} s timeout. "
+                          f"Last lines:\n{''.join(lines[-15:])}")
+    if code != 0:
+        raise LaunchError(f"{' '.join(command[3:])}: exited with code {code}. Last lines:\n{failure_lines(lines)}")
+    return "".join(lines)
+
+
+def failure_lines(lines: list[str], keep: int = 12) -> str:
+    """The ranks' last lines before torchrun's own report (a long traceback of the launcher)."""
+    for i, line in enumerate(lines):
+        if "torch/distributed/elastic" in line and "failed (exitcode" in line:
+            return "".join(lines[max(0, i - keep):i + 1])
+    return "".join(lines[-keep:])
+
+
+def check_environment(info: Distributed, gpu: bool) -> None:
+    """The mistakes of a launch, before joining the group, each with an error that says what to change."""
+    if not dist.is_available():
+        raise ValueError(f"WORLD_SIZE={info.world_size}, but this PyTorch build has no torch.distributed: "
+                         f"run a single process (python -m ..., without torchrun)")
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:
+        raise ValueError(f"WORLD_SIZE={info.world_size} but {' and '.join(missing)} not set: start the job with "
+                         f"torchrun (it sets them), or unset WORLD_SIZE to train in one process")
+    if gpu:
+        gpus = torch.cuda.device_count()
+        if info.local_rank >= gpus:
+            raise ValueError(f"LOCAL_RANK={info.local_rank} but this machine has {gpus} GPU(s): start at most "
+                             f"{gpus} processes per machine (--nproc_per_node {gpus}), or add --device cpu "
+                             f"to train on CPUs with gloo")
+        if not dist.is_nccl_available():
+            raise ValueError("this PyTorch build has no NCCL for GPUs: add --device cpu to use gloo")
+
+
+def join_process_group(info: Distributed, backend: str) -> None:
+    """dist.init_process_group(backend); if nobody answers, an error naming the address and what to check."""
+    try:
+        dist.init_process_group(backend=backend)
+    except (RuntimeError, ValueError) as exc:  # no rendezvous at that address, a closed port...
+        where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        raise ValueError(f"rank {info.rank} could not join the {backend} process group at {where} ({exc}); "
+                         f"check that every machine reaches that address (--rdzv-endpoint) and that "
+                         f"--nnodes / --nproc_per_node match on all of them") from exc
+
+
+def shutdown(exit_code: int | None = None) -> None:
+    """Leave the process group (at the end of a run, on every rank).
+
+    With `exit_code`, also end the process at once with that code, after flushing its output. A normal
+    exit tears down every Python object while gloo's threads may still hold tensors, and the process
+    can then abort ("terminate called without an active exception") after its work is done, which
+    torchrun reports as a failed rank. os._exit skips that teardown: make it a worker's last call.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    if exit_code is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)

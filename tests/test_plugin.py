@@ -243,6 +243,21 @@ PLANTED = {
 STUBS = {"01_bpe.ipynb": "train", "08_custom_data.ipynb": "my_pad_batch", "02_attention.ipynb": "causal_attention",
          "03_transformer_block.ipynb": "pre_norm_block", "05_mixed_precision.ipynb": "my_activation_bytes",
          "09_experiments.ipynb": "my_rms_norm", "07_sampling.ipynb": "my_cached_forward"}
+PLANTED["10_gpt2.ipynb"] = ("load_gpt2 with your map and your safetensors reader", {
+    "attention's c_proj not transposed": "def my_gpt2_to_ours(tensors, cfg):\n"
+                                         "    ours = gpt2_to_ours(tensors, cfg)\n"
+                                         "    for i in range(cfg.n_layers):\n"
+                                         "        ours[f'blocks.{i}.attn.proj.weight'] = tensors[f'h.{i}.attn.c_proj.weight']\n"
+                                         "    return ours\n",
+    "ln_1 and ln_2 swapped": "def my_gpt2_to_ours(tensors, cfg):\n"
+                             "    ours = gpt2_to_ours(tensors, cfg)\n"
+                             "    for i in range(cfg.n_layers):\n"
+                             "        for kind in ('weight', 'bias'):\n"
+                             "            a, b = f'blocks.{i}.ln1.{kind}', f'blocks.{i}.ln2.{kind}'\n"
+                             "            ours[a], ours[b] = ours[b], ours[a]\n"
+                             "    return ours\n",
+})
+STUBS["10_gpt2.ipynb"] = "my_gpt2_to_ours"
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +322,57 @@ def test_the_plug_in_cell_passes_with_the_solutions_and_says_not_written_yet_for
     with replaced_in(namespace, f"def {STUBS[notebook]}(*args, **kwargs):\n    raise NotImplementedError\n"):
         exec(plug_cell, namespace)  # never raises, strict or not
     assert f"not written yet: `{STUBS[notebook]}` still raises NotImplementedError" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- chapter 06: the plug-in runs on 2 processes
+# Its cells ship the learner's functions to a torchrun job through inspect.getsource, so each piece of
+# source is compiled under a file name that linecache knows, as Jupyter does.
+
+def _exec_with_source(source: str, namespace: dict, name: str) -> None:
+    import linecache
+
+    linecache.cache[name] = (len(source), None, source.splitlines(keepends=True), name)
+    exec(compile(source, name, "exec"), namespace)
+
+
+@pytest.fixture(scope="module")
+def ddp_solved():
+    """solutions/06: the setup cell, the overlapped wrapper's cell and the plug-in cell (last)."""
+    import json
+
+    nb = json.loads((SOLUTIONS / "06_ddp.ipynb").read_text(encoding="utf-8"))
+    cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    assert "use_mine" in cells[-1]
+    mine = next(source for source in cells if "def grad_ready(" in source)
+    namespace = {"__name__": "__main__"}
+    for i, source in enumerate([cells[0], mine]):
+        _exec_with_source(source, namespace, f"<solutions/06_ddp.ipynb, cell {i}>")
+    return namespace, cells[-1]
+
+
+DDP_PLUG = "your overlapped wrapper inside the Trainer, 2 ranks"
+DDP_WRONG = {  # send_bucket without the division by the world size: the sum of the ranks' gradients
+    "send_bucket": "def send_bucket(self, i):\n"
+                   "    flat = torch.cat([p.grad.reshape(-1) for p in self.buckets[i]])\n"
+                   "    self.in_flight.append((dist.all_reduce(flat, async_op=True), flat, self.buckets[i]))\n",
+    "grad_ready": "def grad_ready(self, p):\n    raise NotImplementedError\n",
+}
+
+
+def test_the_06_plug_in_passes_fails_a_wrong_wrapper_and_says_not_written_yet(ddp_solved, monkeypatch, capsys):
+    monkeypatch.setenv("TINYLLM_STRICT_CHECKS", "1")
+    namespace, plug_cell = ddp_solved
+    exec(plug_cell, namespace)
+    assert f"✓ correct: {DDP_PLUG} matches the reference" in capsys.readouterr().out
+    before = dict(namespace)
+    try:
+        _exec_with_source(DDP_WRONG["send_bucket"], namespace, "<a wrong send_bucket>")
+        with pytest.raises(CheckFailed, match=f"^✗ {re.escape(DDP_PLUG)} differs from the reference"):
+            exec(plug_cell, namespace)
+        namespace.update(before)
+        _exec_with_source(DDP_WRONG["grad_ready"], namespace, "<a stub grad_ready>")
+        exec(plug_cell, namespace)  # never raises, strict or not
+        assert "not written yet: `grad_ready` still raises NotImplementedError" in capsys.readouterr().out
+    finally:
+        namespace.clear()
+        namespace.update(before)

@@ -499,3 +499,65 @@ def test_generate_cli_with_a_pretrained_folder(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("Hello")
     assert main(["--pretrained", "gpt-5", "--max_tokens", "1", "--device", "cpu"]) == 2
     assert "gpt-5: neither a folder nor a known checkpoint" in capsys.readouterr().err
+
+
+# ---- the chapter's offline payoff: a trained GPT-2-shaped model in Hugging Face's format ----------------
+
+@pytest.fixture(scope="module")
+def shakespeare_folder(tmp_path_factory):
+    """Section 6's model in quick mode (a few seconds of training), in a folder of its own."""
+    try:
+        return pretrained.shakespeare_gpt2(quick=True, root=tmp_path_factory.mktemp("course"))
+    except DataFileError as exc:
+        pytest.skip(f"Tiny Shakespeare is not available offline here: {exc.args[0].splitlines()[0]}")
+
+
+def test_trained_gpt2_round_trip_same_tokens_as_transformers(shakespeare_folder):
+    """Trained, written by save_gpt2, read by transformers and by load_gpt2: the same greedy text, token for token."""
+    from tinyllm_lib.generate import generate_ids
+    from tinyllm_lib.tokenizer import BPETokenizer
+
+    assert sorted(p.name for p in shakespeare_folder.iterdir()) == sorted(
+        ["config.json", "model.safetensors", pretrained.TOKENIZER_FILE])
+    fields = json.loads((shakespeare_folder / "config.json").read_text())
+    assert fields["activation_function"] == "gelu_new" and fields["model_type"] == "gpt2"
+    tok = BPETokenizer.load(shakespeare_folder / pretrained.TOKENIZER_FILE)
+    ours = load_gpt2(shakespeare_folder)
+    assert ours.config.pos_emb == "learned" and ours.config.activation == "gelu_tanh" and ours.config.tie_weights
+    assert ours.config.vocab_size == tok.vocab_size
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(shakespeare_folder).eval()
+    assert theirs.num_parameters() == ours.num_params()
+    theirs.generation_config.eos_token_id = None
+    prompt = tok.encode("ROMEO:\n")
+    n_new = ours.config.context_length - len(prompt)
+    hf_tokens = theirs.generate(torch.tensor([prompt]), max_new_tokens=n_new, do_sample=False,
+                                pad_token_id=0)[0, len(prompt):].tolist()
+    assert len(hf_tokens) == n_new
+    for use_cache in (True, False):
+        assert generate_ids(ours, prompt, n_new, temperature=0, use_cache=use_cache)[0] == hf_tokens, use_cache
+    with torch.no_grad():
+        idx = torch.tensor([prompt + hf_tokens])
+        assert (ours(idx) - theirs(idx).logits).abs().max().item() < TOLERANCE
+    assert len(set(hf_tokens)) > 1  # a trained model, not one token repeated from a random one
+
+
+def test_trained_gpt2_folder_is_reused_and_an_incomplete_one_refused(shakespeare_folder, tmp_path):
+    stamp = (shakespeare_folder / "model.safetensors").stat().st_mtime_ns
+    root = shakespeare_folder.parents[1]
+    assert pretrained.shakespeare_gpt2(quick=True, root=root) == shakespeare_folder  # no second training
+    assert (shakespeare_folder / "model.safetensors").stat().st_mtime_ns == stamp
+    broken = tmp_path / "checkpoints" / "shakespeare-gpt2-quick"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{}")
+    with pytest.raises(PretrainedError, match="not a complete checkpoint folder"):
+        pretrained.shakespeare_gpt2(quick=True, root=tmp_path)
+
+
+def test_gpt2_to_ours_renames_transposes_and_ties():
+    torch.manual_seed(0)
+    cfg = gpt2_config({"vocab_size": VOCAB, "n_positions": CONTEXT, "n_embd": 48, "n_layer": 2, "n_head": 4})
+    model = GPT(cfg)
+    ours = pretrained.gpt2_to_ours(to_gpt2_state_dict(model), cfg)
+    assert ours.keys() == model.state_dict().keys()
+    assert all(torch.equal(ours[k], v) for k, v in model.state_dict().items())
+    assert ours["lm_head.weight"] is ours["tok_emb.weight"]

@@ -114,9 +114,22 @@ BUGS = {
         "09_experiments.ipynb", "F.silu(ffn.gate(x))", "torch.sigmoid(ffn.gate(x))", "my_swiglu"),
     "power law fitted without subtracting the floor": (
         "09_experiments.ipynb", "np.log(L - E)", "np.log(L)", "my_fit_alpha"),
+    "bootstrap interval width taken from the extreme refits": (
+        "09_experiments.ipynb", "low, high = np.percentile(a, [2.5, 97.5])", "low, high = a.min(), a.max()", "widths"),
+    "noise band with the population standard deviation": (
+        "09_experiments.ipynb", "np.std(base_bpcs, ddof=1)", "np.std(base_bpcs)", "my_verdict"),
+    "ablation judged on its best run, not its mean": (
+        "09_experiments.ipynb", "np.mean(variant_bpcs) - mean", "np.min(variant_bpcs) - mean", "my_verdict"),
     "safetensors offsets counted from the start of the file": (
         "10_gpt2.ipynb", "data = bytearray(raw[8 + n + begin : 8 + n + end])", "data = bytearray(raw[begin:end])",
         "read_tensor"),
+    "GPT-2 map without attention c_proj's transpose (a square matrix: no shape error)": (
+        "10_gpt2.ipynb", 'conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", ', 'conv1d = ("attn.c_attn.weight", ',
+        "my_gpt2_to_ours"),
+    "GPT-2 map with ln_1 and ln_2 swapped (same shapes)": (
+        "10_gpt2.ipynb", '"ln_1": "ln1", "ln_2": "ln2"', '"ln_1": "ln2", "ln_2": "ln1"', "my_gpt2_to_ours"),
+    "GPT-2 map sending the FFN's c_proj to attention's proj": (
+        "10_gpt2.ipynb", '"mlp.c_proj": "ffn.down"', '"mlp.c_proj": "attn.proj"', "my_gpt2_to_ours"),
     "distinct-2 with bigrams spanning two samples": (
         "07_sampling.ipynb", "grams = [(row[i], row[i + 1]) for row in rows for i in range(len(row) - 1)]",
         "grams = list(zip([t for row in rows for t in row], [t for row in rows for t in row][1:]))",

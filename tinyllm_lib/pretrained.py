@@ -15,6 +15,8 @@
 For real use, `load_gpt2("gpt2")` downloads GPT-2 small (548 MB) once into `~/.cache/tinyllm/gpt2`
 and verifies it; `load_gpt2("some/folder")` reads a folder holding `config.json` and
 `model.safetensors` (or `pytorch_model.bin`); `gpt2_tokenizer()` is its tokenizer.
+`shakespeare_gpt2()` trains (once) a small model of GPT-2's architecture on Tiny Shakespeare and
+saves it in the same layout: a checkpoint that needs no download.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import math
 import os
 import re
+import shutil
 import struct
 import sys
 from collections.abc import Mapping
@@ -32,6 +35,7 @@ import torch
 
 from tinyllm_lib.corpus import DataFile, DataFileError, _download, _verify, data_path
 from tinyllm_lib.data import atomic_write
+from tinyllm_lib.env import QUICK
 from tinyllm_lib.model import GPT, GPTConfig
 from tinyllm_lib.tokenizer import BPETokenizer
 
@@ -152,6 +156,15 @@ def _listing(names: list[str], shape_of, limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def gpt2_to_ours(tensors: Mapping[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torch.Tensor]:
+    """GPT-2's tensors (names without 'transformer.', already checked) as our GPT's state dict:
+    each renamed by `gpt2_names`, the four Conv1D weights of every block transposed, the head tied."""
+    ours = {our: (tensors[k].T if transposed else tensors[k]) for k, (our, _, transposed) in gpt2_names(cfg).items()}
+    if cfg.tie_weights:
+        ours["lm_head.weight"] = ours["tok_emb.weight"]  # one matrix under both of our names
+    return ours
+
+
 def gpt2_from_state_dict(tensors: Mapping[str, torch.Tensor], cfg: GPTConfig, source: str = "state dict") -> GPT:
     """A GPT holding GPT-2 weights; `source` names the file in errors.
 
@@ -175,11 +188,8 @@ def gpt2_from_state_dict(tensors: Mapping[str, torch.Tensor], cfg: GPTConfig, so
     if head is not None and not (_shape(head) == names["wte.weight"][1] and torch.equal(head, given["wte.weight"])):
         raise PretrainedError(f"{source}: tensor 'lm_head.weight' (shape {_shape(head)}) is not a copy of "
                               "'wte.weight', but the config ties them (tie_word_embeddings)")
-    ours = {our: (given[k].T if transposed else given[k]) for k, (our, _, transposed) in names.items()}
-    if cfg.tie_weights:
-        ours["lm_head.weight"] = ours["tok_emb.weight"]  # one matrix under both of our names
     model = GPT(cfg)
-    model.load_state_dict(ours)  # strict too: our side must list exactly the same names
+    model.load_state_dict(gpt2_to_ours(given, cfg))  # strict too: our side must list exactly the same names
     return model.eval()
 
 
@@ -261,29 +271,6 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
             data = bytearray(f.read(nbytes))  # a buffer of its own: writable, aligned, owned by the tensor
             tensors[name] = torch.frombuffer(data, dtype=dtype).reshape(shape) if nbytes else torch.zeros(shape, dtype=dtype)
     return tensors
-
-
-def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path) -> None:
-    """Write tensors as a .safetensors file (atomically: a crash never leaves half a file)."""
-    dtype_names = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
-    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
-    for name, t in tensors.items():
-        if t.dtype not in dtype_names:
-            raise PretrainedError(f"save_safetensors: tensor {name!r} has dtype {t.dtype}, not one of the format's")
-        raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        header[name] = {"dtype": dtype_names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # spaces up to a multiple of 8: the data starts 8-byte aligned
-
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as f:
-            f.write(struct.pack("<Q", len(text)) + text)
-            for raw in blobs:
-                f.write(raw)
-
-    atomic_write(path, write)
 
 
 _HUB = "https://huggingface.co/openai-community/gpt2/resolve/607a30d783dfa663caf39e06633721c8d4cfcd7e"
@@ -381,3 +368,72 @@ def save_gpt2(model: GPT, folder: str | Path) -> None:
 def gpt2_tokenizer() -> BPETokenizer:
     """GPT-2's own tokenizer, from the encoder.json and vocab.bpe of chapter 01: 50,257 ids."""
     return BPETokenizer.from_gpt2(data_path("gpt2_encoder.json"), data_path("gpt2_vocab.bpe"))
+
+
+# GPT-2's architecture at a size two CPU cores train in a minute or two; quick mode trains a toy in seconds.
+SHAKESPEARE_GPT2 = {"n_positions": 128, "n_embd": 128, "n_layer": 4, "n_head": 4, "resid_pdrop": 0.1}
+SHAKESPEARE_GPT2_QUICK = {"n_positions": 64, "n_embd": 64, "n_layer": 2, "n_head": 4, "resid_pdrop": 0.0}
+TOKENIZER_FILE = "tokenizer.tinyllm.json"  # the course tokenizer, next to the weights; transformers ignores it
+
+
+def shakespeare_gpt2(quick: bool | None = None, root: str | os.PathLike | None = None,
+                     device: str | torch.device = "cpu") -> Path:
+    """Folder of a GPT-2-shaped model trained on Tiny Shakespeare, in Hugging Face's layout
+    (config.json + model.safetensors) with the course tokenizer it reads (TOKENIZER_FILE):
+    `<repo>/checkpoints/shakespeare-gpt2`, or `shakespeare-gpt2-quick` in quick mode (default: QUICK).
+    Trained with chapter 04's Trainer the first time; later calls only return the folder."""
+    from tinyllm_lib.checkpoint import model_from_checkpoint  # imported here: only training needs them
+    from tinyllm_lib.corpus import DATA_DIR, load_corpus
+    from tinyllm_lib.data import prepare_data
+    from tinyllm_lib.train import _repo_root
+    from tinyllm_lib.trainer import TrainConfig, Trainer
+
+    quick = QUICK if quick is None else quick
+    out = Path(root or _repo_root()) / "checkpoints" / ("shakespeare-gpt2-quick" if quick else "shakespeare-gpt2")
+    if all((out / name).is_file() for name in ("config.json", "model.safetensors", TOKENIZER_FILE)):
+        return out
+    if out.exists():
+        raise PretrainedError(f"{out} exists but is not a complete checkpoint folder: move it away, "
+                              "and the model is trained again")
+    text = load_corpus("tinyshakespeare")
+    # The same text and vocabulary as chapter 04's model, so the tokenizer and its token files are shared.
+    data = prepare_data(text[:150_000] if quick else text, 256 if quick else 512, DATA_DIR / "cache",
+                        name="tinyshakespeare")
+    cfg = gpt2_config({"vocab_size": data.tokenizer.vocab_size, **(SHAKESPEARE_GPT2_QUICK if quick else SHAKESPEARE_GPT2)})
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    train_cfg = TrainConfig(batch_size=16, max_iters=40 if quick else 800, lr=2e-3, min_lr=2e-4,
+                            warmup_iters=5 if quick else 50, eval_interval=20 if quick else 200,
+                            eval_iters=4 if quick else 20, dtype="float32", out_dir=str(tmp / "run"))
+    Trainer(cfg, train_cfg, data, device=device).fit()
+    model, _ = model_from_checkpoint(tmp / "run" / "best.pt")  # the evaluation with the lowest validation loss
+    save_gpt2(model, tmp)
+    data.tokenizer.save(tmp / TOKENIZER_FILE)
+    shutil.rmtree(tmp / "run")
+    try:  # the finished folder appears in one rename; if another process got there first, keep its model
+        os.rename(tmp, out)
+    except OSError:
+        shutil.rmtree(tmp)
+    return out
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Write tensors as a .safetensors file (atomically: a crash never leaves half a file)."""
+    dtype_names = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    for name, t in tensors.items():
+        if t.dtype not in dtype_names:
+            raise PretrainedError(f"save_safetensors: tensor {name!r} has dtype {t.dtype}, not one of the format's")
+        raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": dtype_names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # spaces up to a multiple of 8: the data starts 8-byte aligned
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            f.write(struct.pack("<Q", len(text)) + text)
+            for raw in blobs:
+                f.write(raw)
+
+    atomic_write(path, write)

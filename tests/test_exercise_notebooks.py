@@ -60,3 +60,11 @@ def test_committed_outputs_come_from_one_clean_run(notebook):
     assert counts == list(range(1, len(counts) + 1)), (
         f"{notebook.name}: execution counts {counts}; run it top to bottom in a fresh kernel "
         f"(jupyter nbconvert --to notebook --execute --inplace) on an otherwise idle machine")
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "exercises").glob("*.ipynb")), ids=lambda p: p.name)
+def test_worked_answers_stay_in_solutions(notebook):
+    """A worked answer lives inside a solution block, which the exercise notebook does not get."""
+    shown = [i for i, cell in enumerate(cells(notebook)) if "worked answer" in "".join(cell["source"]).lower()
+             and cell["cell_type"] == "markdown"]
+    assert shown == [], f"{notebook.name}: markdown cells {shown} give a worked answer away"

@@ -151,6 +151,24 @@ def test_with_check_a_wrong_function_fails_and_a_stub_is_not_written_yet(monkeyp
 
 SOLUTIONS = Path(__file__).resolve().parents[1] / "solutions"
 
+# chapter 07's cached forward pass as a learner might write it; {position} and {past} are where it goes wrong
+CACHED_FORWARD = (
+    'def my_cached_forward(model, idx, cache, last_only=False):\n'
+    '    logits = []\n'
+    '    for t in range(idx.size(1)):\n'
+    '        pos = cache.length\n'
+    '        x = model.tok_emb(idx[:, t:t + 1]) * math.sqrt(model.config.d_model) + model.pos_table[{position}]\n'
+    '        for layer, block in enumerate(model.blocks):\n'
+    '            past_k, past_v = cache.k[layer, :, :, :{past}], cache.v[layer, :, :, :{past}]\n'
+    '            a, k, v = my_cached_attention(block.attn, block.ln1(x), past_k, past_v)\n'
+    '            cache.k[layer, :, :, pos], cache.v[layer, :, :, pos] = k[:, :, -1], v[:, :, -1]\n'
+    '            x = x + a\n'
+    '            x = x + block.ffn(block.ln2(x))\n'
+    '        cache.length = pos + 1\n'
+    '        logits.append(model.lm_head(model.ln_f(x)))\n'
+    '    logits = torch.cat(logits, dim=1)\n'
+    '    return logits[:, -1:] if last_only else logits\n')
+
 # notebook -> (the plug-in check's name, {what is planted: source that redefines a learner function wrongly})
 PLANTED = {
     "01_bpe.ipynb": ("your train + encode_word inside BPETokenizer", {
@@ -192,38 +210,9 @@ PLANTED = {
                                           "    return torch.cat([x1 * a.cos() - x2 * a.sin(), x1 * a.sin() + x2 * a.cos()], -1)\n",
     }),
     "07_sampling.ipynb": ("your KV cache inside generate_ids", {
-        "the cache read one slot too far (the new token's empty slot)": (
-            'def my_cached_forward(model, idx, cache, last_only=False):\n'
-            '    logits = []\n'
-            '    for t in range(idx.size(1)):\n'
-            '        pos = cache.length\n'
-            '        x = model.tok_emb(idx[:, t:t + 1]) * math.sqrt(model.config.d_model) + model.pos_table[pos]\n'
-            '        for layer, block in enumerate(model.blocks):\n'
-            '            past_k, past_v = cache.k[layer, :, :, :pos + 1], cache.v[layer, :, :, :pos + 1]\n'
-            '            a, k, v = my_cached_attention(block.attn, block.ln1(x), past_k, past_v)\n'
-            '            cache.k[layer, :, :, pos], cache.v[layer, :, :, pos] = k[:, :, -1], v[:, :, -1]\n'
-            '            x = x + a\n'
-            '            x = x + block.ffn(block.ln2(x))\n'
-            '        cache.length = pos + 1\n'
-            '        logits.append(model.lm_head(model.ln_f(x)))\n'
-            '    logits = torch.cat(logits, dim=1)\n'
-            '    return logits[:, -1:] if last_only else logits\n'),
-        "the new token's position off by one": (
-            'def my_cached_forward(model, idx, cache, last_only=False):\n'
-            '    logits = []\n'
-            '    for t in range(idx.size(1)):\n'
-            '        pos = cache.length\n'
-            '        x = model.tok_emb(idx[:, t:t + 1]) * math.sqrt(model.config.d_model) + model.pos_table[pos + 1]\n'
-            '        for layer, block in enumerate(model.blocks):\n'
-            '            past_k, past_v = cache.k[layer, :, :, :pos], cache.v[layer, :, :, :pos]\n'
-            '            a, k, v = my_cached_attention(block.attn, block.ln1(x), past_k, past_v)\n'
-            '            cache.k[layer, :, :, pos], cache.v[layer, :, :, pos] = k[:, :, -1], v[:, :, -1]\n'
-            '            x = x + a\n'
-            '            x = x + block.ffn(block.ln2(x))\n'
-            '        cache.length = pos + 1\n'
-            '        logits.append(model.lm_head(model.ln_f(x)))\n'
-            '    logits = torch.cat(logits, dim=1)\n'
-            '    return logits[:, -1:] if last_only else logits\n'),
+        "the cache read one slot too far (the new token's empty slot)": CACHED_FORWARD.format(position="pos",
+                                                                                             past="pos + 1"),
+        "the new token's position off by one": CACHED_FORWARD.format(position="pos + 1", past="pos"),
     }),
     "08_custom_data.ipynb": ("your mask and padding inside a fine-tuning run", {
         "padding targets with the pad id": "def my_pad_batch(items, pad_id):\n"

@@ -76,10 +76,173 @@ BUGS = {
     "train merging by string replacement": (
         "01_bpe.ipynb", "words = {merge(w, pair, pair[0] + pair[1]): f",
         'words = {tuple(" ".join(w).replace(" ".join(pair), pair[0] + pair[1]).split()): f', "train"),
+    "pair counts that ignore the word frequencies": (
+        "01_bpe.ipynb", "counts[pair] += freq", "counts[pair] += 1", "count_pairs"),
+    "pairs of symbols two apart": (
+        "01_bpe.ipynb", "for pair in zip(word, word[1:]):", "for pair in zip(word, word[2:]):", "count_pairs"),
+    "best pair with the first of equal counts": (
+        "01_bpe.ipynb", "return max(counts, key=lambda pair: (counts[pair], pair))",
+        "return max(counts, key=counts.get)", "best_pair"),
+    "best pair with the smallest of equal counts": (
+        "01_bpe.ipynb", "return max(counts, key=lambda pair: (counts[pair], pair))",
+        "return min(counts, key=lambda pair: (-counts[pair], pair))", "best_pair"),
+    "encoding with the latest merge first": (
+        "01_bpe.ipynb", "pair = min(candidates, key=merges.get)", "pair = max(candidates, key=merges.get)",
+        "encode_word"),
+    "encoding with the leftmost known pair first": (
+        "01_bpe.ipynb", "pair = min(candidates, key=merges.get)", "pair = candidates[0]", "encode_word"),
+    "decoding that keeps the space of the first word marker": (
+        "01_bpe.ipynb", 'return text[1:] if text.startswith(" ") else text', "return text", "decode_pieces"),
+    "decoding that strips every leading space": (
+        "01_bpe.ipynb", 'return text[1:] if text.startswith(" ") else text', 'return text.lstrip(" ")',
+        "decode_pieces"),
+    "training that breaks ties by insertion order": (
+        "01_bpe.ipynb", "        pair = best_pair(counts)\n        merges.append(pair)",
+        "        pair = max(counts, key=counts.get)\n        merges.append(pair)", "train"),
+    "scores divided by d instead of its square root": (
+        "02_attention.ipynb", "return q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))",
+        "return q @ k.transpose(-2, -1) / q.size(-1)", "attention_scores"),
+    "a mask of the upper triangle": (
+        "02_attention.ipynb", "return torch.tril(torch.ones(T, T, dtype=torch.bool))",
+        "return torch.triu(torch.ones(T, T, dtype=torch.bool))", "my_causal_mask"),
+    "a mask without the diagonal": (
+        "02_attention.ipynb", "return torch.tril(torch.ones(T, T, dtype=torch.bool))",
+        "return torch.tril(torch.ones(T, T, dtype=torch.bool), diagonal=-1)", "my_causal_mask"),
+    "masked scores set to 0 instead of -inf": (
+        "02_attention.ipynb", 'scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))',
+        "scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), 0.0)", "causal_attention"),
+    "the mask applied after the softmax": (
+        "02_attention.ipynb",
+        'scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))\n'
+        "    return scores.softmax(-1) @ v",
+        "return (scores.softmax(-1) * torch.ones(T, T).tril()) @ v", "causal_attention"),
+    "heads split by a reshape without the transpose": (
+        "02_attention.ipynb", "return x.view(B, T, n_heads, C // n_heads).transpose(1, 2)",
+        "return x.reshape(B, n_heads, T, C // n_heads)", "split"),
+    "heads made of interleaved channels": (
+        "02_attention.ipynb", "return x.view(B, T, n_heads, C // n_heads).transpose(1, 2)",
+        "return x.view(B, T, C // n_heads, n_heads).permute(0, 3, 1, 2)", "split"),
+    "heads merged without transposing back": (
+        "02_attention.ipynb", "return x.transpose(1, 2).reshape(B, T, n_heads * head_dim)",
+        "return x.reshape(B, T, n_heads * head_dim)", "merge"),
+    "heads merged channel by channel": (
+        "02_attention.ipynb", "return x.transpose(1, 2).reshape(B, T, n_heads * head_dim)",
+        "return x.permute(0, 2, 3, 1).reshape(B, T, n_heads * head_dim)", "merge"),
+    "q and k swapped out of the fused projection": (
+        "02_attention.ipynb", "q, k, v = self.qkv(x).split(x.size(-1), dim=-1)",
+        "k, q, v = self.qkv(x).split(x.size(-1), dim=-1)", "MyMultiHeadAttention"),
+    "multi-head attention without its output projection": (
+        "02_attention.ipynb", "return self.proj(merge(y)), None", "return merge(y), None", "MyMultiHeadAttention"),
+    "attention parameters without the biases": (
+        "02_attention.ipynb", "n_attention_params = (64 * 3 * 64 + 3 * 64) + (64 * 64 + 64)\n",
+        "n_attention_params = 64 * 3 * 64 + 64 * 64\n", "parameters of MultiHeadAttention(64, 8)"),
+    "attention parameters counted per head": (
+        "02_attention.ipynb", "n_attention_params = (64 * 3 * 64 + 3 * 64) + (64 * 64 + 64)\n",
+        "n_attention_params = 8 * ((64 * 3 * 8 + 3 * 8) + (8 * 64 + 64))\n", "parameters of MultiHeadAttention(64, 8)"),
+    "previous-token scores on the diagonal above": (
+        "02_attention.ipynb", "torch.diag(torch.full((T - 1,), 50.0), diagonal=-1)",
+        "torch.diag(torch.full((T - 1,), 50.0), diagonal=1)", "previous_token_scores"),
+    "previous-token scores too weak to be one-hot": (
+        "02_attention.ipynb", "torch.diag(torch.full((T - 1,), 50.0), diagonal=-1)",
+        "torch.diag(torch.full((T - 1,), 1.0), diagonal=-1)", "previous_token_scores"),
     "layer norm without eps": (
         "03_transformer_block.ipynb", "torch.sqrt(var + eps)", "torch.sqrt(var)", "my_layer_norm"),
     "layer norm with eps outside the square root": (
         "03_transformer_block.ipynb", "torch.sqrt(var + eps)", "(torch.sqrt(var) + eps)", "my_layer_norm"),
+    "SwiGLU with a sigmoid gate": (
+        "03_transformer_block.ipynb", "return (F.silu(x @ W) * (x @ V)) @ W2", "return (torch.sigmoid(x @ W) * (x @ V)) @ W2",
+        "swiglu"),
+    "SwiGLU gating the wrong branch": (
+        "03_transformer_block.ipynb", "return (F.silu(x @ W) * (x @ V)) @ W2", "return (F.silu(x @ V) * (x @ W)) @ W2",
+        "swiglu"),
+    "a post-norm block": (
+        "03_transformer_block.ipynb",
+        "    x = x + block.attn(block.ln1(x))[0]\n    return x + block.ffn(block.ln2(x))",
+        "    x = block.ln1(x + block.attn(x)[0])\n    return block.ln2(x + block.ffn(x))", "pre_norm_block"),
+    "a block whose FFN reads the block's input": (
+        "03_transformer_block.ipynb",
+        "    x = x + block.attn(block.ln1(x))[0]\n    return x + block.ffn(block.ln2(x))",
+        "    h = x + block.attn(block.ln1(x))[0]\n    return h + block.ffn(block.ln2(x))", "pre_norm_block"),
+    "sines and cosines swapped": (
+        "03_transformer_block.ipynb",
+        "    table[:, 0::2] = torch.sin(position * inv_freq)\n    table[:, 1::2] = torch.cos(position * inv_freq)",
+        "    table[:, 0::2] = torch.cos(position * inv_freq)\n    table[:, 1::2] = torch.sin(position * inv_freq)",
+        "my_sinusoidal"),
+    "frequencies over half the width": (
+        "03_transformer_block.ipynb", "10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)",
+        "10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float32) / (d_model // 2))", "my_sinusoidal"),
+    "one LayerNorm per block": (
+        "03_transformer_block.ipynb", "per_block = 2 * (2 * C) +", "per_block = (2 * C) +", "count_params"),
+    "the head counted even when tied": (
+        "03_transformer_block.ipynb", "    if not cfg.tie_weights:\n        n += V * C", "    n += V * C", "count_params"),
+    "tying credited with both matrices": (
+        "03_transformer_block.ipynb", "tying_saves = 10000 * 512\n", "tying_saves = 2 * 10000 * 512\n",
+        "parameters saved by tying in the small preset"),
+    "tying credited with a width x width matrix": (
+        "03_transformer_block.ipynb", "tying_saves = 10000 * 512\n", "tying_saves = 512 * 512\n",
+        "parameters saved by tying in the small preset"),
+    "a forward pass without the final LayerNorm": (
+        "03_transformer_block.ipynb", "return model.lm_head(model.ln_f(x))  # (B, T, vocab_size)",
+        "return model.lm_head(x)  # (B, T, vocab_size)", "gpt_forward"),
+    "a forward pass without positions": (
+        "03_transformer_block.ipynb", "x = model.tok_emb(idx) + model.pos_emb(torch.arange(T, device=idx.device))",
+        "x = model.tok_emb(idx)", "gpt_forward"),
+    "targets not shifted by one": (
+        "04_training_loop.ipynb", "tokens[i + 1 : i + 1 + context_length]", "tokens[i : i + context_length]",
+        "my_get_batch"),
+    "window starts drawn from one position fewer": (
+        "04_training_loop.ipynb", "torch.randint(len(tokens) - context_length, (batch_size,)",
+        "torch.randint(len(tokens) - context_length - 1, (batch_size,)", "my_get_batch"),
+    "clipping that also scales small gradients up": (
+        "04_training_loop.ipynb", "scale = min(1.0, max_norm / (norm.item() + 1e-6))",
+        "scale = max_norm / (norm.item() + 1e-6)", "clip_by_hand"),
+    "a gradient norm without the square root": (
+        "04_training_loop.ipynb", "norm = torch.sqrt(sum((g**2).sum() for g in grads))",
+        "norm = sum((g**2).sum() for g in grads)", "clip_by_hand"),
+    "accumulation without dividing by k": (
+        "04_training_loop.ipynb", "(lm_loss(model(xm), ym) / k).backward()", "lm_loss(model(xm), ym).backward()",
+        "accumulated_gradients"),
+    "gradients cleared between micro-batches": (
+        "04_training_loop.ipynb", "        (lm_loss(model(xm), ym) / k).backward()",
+        "        model.zero_grad(set_to_none=True)\n        (lm_loss(model(xm), ym) / k).backward()",
+        "accumulated_gradients"),
+    "weight decay on the embeddings too": (
+        "04_training_loop.ipynb", "if p.dim() >= 2 and id(p) not in embeddings", "if p.dim() >= 2", "decayed_names"),
+    "weight decay on the biases and gains instead": (
+        "04_training_loop.ipynb", "if p.dim() >= 2 and id(p) not in embeddings", "if p.dim() < 2", "decayed_names"),
+    "bits per character without the change of base": (
+        "04_training_loop.ipynb", "return loss_nats / math.log(2) / chars_per_token", "return loss_nats / chars_per_token",
+        "my_bits_per_char"),
+    "bits per character multiplied by characters per token": (
+        "04_training_loop.ipynb", "return loss_nats / math.log(2) / chars_per_token",
+        "return loss_nats / math.log(2) * chars_per_token", "my_bits_per_char"),
+    "eps of half the gap": (
+        "05_mixed_precision.ipynb", "return 2.0**-mantissa_bits", "return 2.0**-(mantissa_bits + 1)",
+        "eps_from_mantissa"),
+    "eps of twice the gap": (
+        "05_mixed_precision.ipynb", "return 2.0**-mantissa_bits", "return 2.0**(1 - mantissa_bits)",
+        "eps_from_mantissa"),
+    "bf16 sums taken as exact": (
+        "05_mixed_precision.ipynb", "return (256.0, 260.0)", "return (257.0, 259.0)", "bf16_sums"),
+    "bf16 sums rounded down": (
+        "05_mixed_precision.ipynb", "return (256.0, 260.0)", "return (256.0, 258.0)", "bf16_sums"),
+    "underflow counting the zeros that were there": (
+        "05_mixed_precision.ipynb", "return (nonzero.to(dtype) == 0).float().mean().item()",
+        "return (values.to(dtype) == 0).float().mean().item()", "underflow_fraction"),
+    "underflow counting subnormals as lost": (
+        "05_mixed_precision.ipynb", "return (nonzero.to(dtype) == 0).float().mean().item()",
+        "return (nonzero.to(dtype).abs() < torch.finfo(dtype).tiny).float().mean().item()", "underflow_fraction"),
+    "the result cast to bf16 instead of the inputs": (
+        "05_mixed_precision.ipynb", '    with torch.autocast("cpu", dtype=torch.bfloat16):\n        return a @ b',
+        "    return (a @ b).bfloat16()", "matmul_in_bf16"),
+    "autocast to float16": (
+        "05_mixed_precision.ipynb", '    with torch.autocast("cpu", dtype=torch.bfloat16):\n        return a @ b',
+        '    with torch.autocast("cpu", dtype=torch.float16):\n        return a @ b', "matmul_in_bf16"),
+    "every activation in the autocast dtype": (
+        "05_mixed_precision.ipynb", "per_layer = 2 * B * T * C * 4 + (6 * B * T * C + 2 * B * T * F) * act",
+        "per_layer = (8 * B * T * C + 2 * B * T * F) * act", "my_activation_bytes"),
+    "logits in the autocast dtype": (
+        "05_mixed_precision.ipynb", "+ B * T * V * 4\n", "+ B * T * V * act\n", "my_activation_bytes"),
     "answer mask one target too far": (
         "08_custom_data.ipynb", "y[: prompt_len - 1] = ignore_index", "y[:prompt_len] = ignore_index",
         "my_make_example"),
@@ -150,9 +313,11 @@ def test_the_check_cell_catches_a_planted_bug(bug, monkeypatch, capsys):
     assert failure is not None, f"{bug}: every check cell of solutions/{notebook} printed ✓"
     where, exc = failure
     assert isinstance(exc, CheckFailed), f"cell {where} raised {exc!r}, not a failed check"
-    assert str(exc).startswith(f"✗ {exercise} "), str(exc)
+    verdict = (f"✗ {exercise} ", f"✗ {exercise}:")  # check() and check_value()
+    assert str(exc).startswith(verdict), str(exc)
     assert where > planted_at
-    assert f"✗ {exercise} " in capsys.readouterr().out  # what the learner reads
+    printed = capsys.readouterr().out
+    assert any(v in printed for v in verdict)  # what the learner reads
 
 
 def test_the_plug_in_cell_of_04_catches_a_wrong_training_step_on_its_own(monkeypatch, capsys):
@@ -258,3 +423,14 @@ def test_the_06_check_cells_pass_with_the_solutions(monkeypatch, capsys):
     assert run_cells_with_sources([cells[0], cells[ring], cells[ring + 1], cells[overlap], cells[overlap + 1]]) is None
     out = capsys.readouterr().out
     assert "✓ correct: bytes each rank sent" in out and "✓ correct: your overlapped wrapper on 2 ranks" in out, out
+
+
+def test_every_exercise_of_chapters_01_to_05_has_two_planted_bugs():
+    """Each exercise's check must catch at least two plausible wrong answers (not only one)."""
+    planted = {}
+    for notebook, _, _, exercise in BUGS.values():
+        planted[(notebook, exercise)] = planted.get((notebook, exercise), 0) + 1
+    chapter = {nb for nb, _ in planted if nb[:2] in {"01", "02", "03", "04", "05"}}
+    exercises = {(nb, ex) for nb, ex in planted if nb in chapter}
+    assert len(exercises) >= 25
+    assert [key for key in exercises if planted[key] < 2] == []

@@ -127,81 +127,6 @@ def plot_loss_mask(tokenizer: BPETokenizer, x: torch.Tensor, y: torch.Tensor, ig
     return ax
 
 
-class QADataError(ValueError):
-    """A question-answer file is malformed; the message names the file, the entry and the field."""
-
-
-def _entry(source: str, index: int, record) -> str:
-    """`data/qa.json: entry 3 (id 4)`: where a problem is, in words a text editor can find."""
-    ident = record.get("id") if isinstance(record, dict) else None
-    return f"{source}: entry {index}" + (f" (id {ident!r})" if ident is not None else "")
-
-
-def validate_record(record, index: int, source: str = "<data>") -> dict:
-    """Check one entry of the JSON list; return {id, category, question, answer}, stripped.
-
-    >>> validate_record({"question": "Hi?", "answer": " Hello. "}, 0)
-    {'id': None, 'category': None, 'question': 'Hi?', 'answer': 'Hello.'}
-    >>> validate_record({"id": 7, "question": "Hi?"}, 4, "qa.json")
-    Traceback (most recent call last):
-    tinyllm_lib.data_utils.QADataError: qa.json: entry 4 (id 7): field 'answer' is missing
-    """
-    if not isinstance(record, dict):
-        raise QADataError(f"{source}: entry {index}: expected an object with 'question' and 'answer', "
-                          f"got {type(record).__name__} {record!r:.60}")
-    where = _entry(source, index, record)
-    ident, category = record.get("id"), record.get("category")
-    if ident is not None and (isinstance(ident, bool) or not isinstance(ident, int)):
-        raise QADataError(f"{where}: field 'id' must be an integer, got {ident!r}")
-    if category is not None and not isinstance(category, str):
-        raise QADataError(f"{where}: field 'category' must be a string, got {category!r}")
-    out = {"id": ident, "category": category}
-    for field in ("question", "answer"):
-        if field not in record:
-            raise QADataError(f"{where}: field {field!r} is missing")
-        value = record[field]
-        if not isinstance(value, str):
-            raise QADataError(f"{where}: field {field!r} must be a string, got {type(value).__name__} {value!r:.60}")
-        if not value.strip():
-            raise QADataError(f"{where}: field {field!r} is empty")
-        # "<EOS>" typed in an answer would become the real end token and cut the answer there.
-        special = next((s for s in SPECIALS if s in value), None)
-        if special is not None:
-            raise QADataError(f"{where}: field {field!r} contains {special!r}, which the tokenizer reads as "
-                              f"a control token; write it differently (e.g. 'the end-of-sequence token')")
-        out[field] = value.strip()
-    return out
-
-
-def load_qa_json(path: str | Path) -> list[dict]:
-    """Read and validate a question-answer file: a JSON list of objects (see `validate_record`)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise QADataError(f"{path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise QADataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise QADataError(f"{path}, line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}") from None
-    if not isinstance(data, list):
-        raise QADataError(f"{path}: the top level must be a list of question-answer objects, "
-                          f"got a JSON {type(data).__name__}")
-    if not data:
-        raise QADataError(f"{path}: the list is empty: there is nothing to train on")
-    records, seen = [], {}
-    for index, record in enumerate(data):
-        rec = validate_record(record, index, str(path))
-        if rec["id"] is not None:
-            if rec["id"] in seen:
-                raise QADataError(f"{_entry(str(path), index, rec)}: field 'id': duplicate of entry {seen[rec['id']]}")
-            seen[rec["id"]] = index
-        records.append(rec)
-    return records
-
-
 def is_held_out(record: dict, index: int, val_ids: Iterable[int] | None = None, val_every: int = 10) -> bool:
     """The split is fixed by id: `val_ids` if given, else every `val_every`-th id (entry index + 1 without id).
 
@@ -475,3 +400,78 @@ def qa_token_data(json_path: str | Path, context_length: int, tokenizer: BPEToke
         raise QADataError(f"{json_path}: no pair is held out for validation (every tenth id is): "
                           f"add pairs until an id is a multiple of 10")
     return QATokenData(tokenizer, train, val, prompt_template(tokenizer))
+
+
+class QADataError(ValueError):
+    """A question-answer file is malformed; the message names the file, the entry and the field."""
+
+
+def _entry(source: str, index: int, record) -> str:
+    """`data/qa.json: entry 3 (id 4)`: where a problem is, in words a text editor can find."""
+    ident = record.get("id") if isinstance(record, dict) else None
+    return f"{source}: entry {index}" + (f" (id {ident!r})" if ident is not None else "")
+
+
+def validate_record(record, index: int, source: str = "<data>") -> dict:
+    """Check one entry of the JSON list; return {id, category, question, answer}, stripped.
+
+    >>> validate_record({"question": "Hi?", "answer": " Hello. "}, 0)
+    {'id': None, 'category': None, 'question': 'Hi?', 'answer': 'Hello.'}
+    >>> validate_record({"id": 7, "question": "Hi?"}, 4, "qa.json")
+    Traceback (most recent call last):
+    tinyllm_lib.data_utils.QADataError: qa.json: entry 4 (id 7): field 'answer' is missing
+    """
+    if not isinstance(record, dict):
+        raise QADataError(f"{source}: entry {index}: expected an object with 'question' and 'answer', "
+                          f"got {type(record).__name__} {record!r:.60}")
+    where = _entry(source, index, record)
+    ident, category = record.get("id"), record.get("category")
+    if ident is not None and (isinstance(ident, bool) or not isinstance(ident, int)):
+        raise QADataError(f"{where}: field 'id' must be an integer, got {ident!r}")
+    if category is not None and not isinstance(category, str):
+        raise QADataError(f"{where}: field 'category' must be a string, got {category!r}")
+    out = {"id": ident, "category": category}
+    for field in ("question", "answer"):
+        if field not in record:
+            raise QADataError(f"{where}: field {field!r} is missing")
+        value = record[field]
+        if not isinstance(value, str):
+            raise QADataError(f"{where}: field {field!r} must be a string, got {type(value).__name__} {value!r:.60}")
+        if not value.strip():
+            raise QADataError(f"{where}: field {field!r} is empty")
+        # "<EOS>" typed in an answer would become the real end token and cut the answer there.
+        special = next((s for s in SPECIALS if s in value), None)
+        if special is not None:
+            raise QADataError(f"{where}: field {field!r} contains {special!r}, which the tokenizer reads as "
+                              f"a control token; write it differently (e.g. 'the end-of-sequence token')")
+        out[field] = value.strip()
+    return out
+
+
+def load_qa_json(path: str | Path) -> list[dict]:
+    """Read and validate a question-answer file: a JSON list of objects (see `validate_record`)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise QADataError(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise QADataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise QADataError(f"{path}, line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(data, list):
+        raise QADataError(f"{path}: the top level must be a list of question-answer objects, "
+                          f"got a JSON {type(data).__name__}")
+    if not data:
+        raise QADataError(f"{path}: the list is empty: there is nothing to train on")
+    records, seen = [], {}
+    for index, record in enumerate(data):
+        rec = validate_record(record, index, str(path))
+        if rec["id"] is not None:
+            if rec["id"] in seen:
+                raise QADataError(f"{_entry(str(path), index, rec)}: field 'id': duplicate of entry {seen[rec['id']]}")
+            seen[rec["id"]] = index
+        records.append(rec)
+    return records

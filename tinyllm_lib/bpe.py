@@ -110,6 +110,27 @@ def _desc(token: str | bytes) -> tuple[int, ...]:
     return (*(-c for c in codes), 1)  # the final 1 sorts a prefix after its extensions: "a" after "ab"
 
 
+def update_pair_counts(counts: dict[tuple, int], word: tuple, pair: tuple, new: Hashable, freq: int) -> tuple:
+    """Merge `pair` into `new` in `word`, a word that occurs `freq` times, and update `counts` in place.
+
+    `counts` holds the pair counts of the whole text; only this word's share changes: its old pairs
+    go, its new pairs come. Returns the merged word. A count may fall to 0 and stay in the table.
+
+    >>> counts = {("a", "a"): 3 + 5, ("x", "y"): 1}     # "aaaa" once (3 pairs), other words (5)
+    >>> update_pair_counts(counts, ("a", "a", "a", "a"), ("a", "a"), "aa", freq=1)
+    ('aa', 'aa')
+    >>> counts
+    {('a', 'a'): 5, ('x', 'y'): 1, ('aa', 'aa'): 1}
+    """
+    merged = merge(word, pair, new)
+    if len(merged) < len(word):  # the pair occurs in this word
+        for p in zip(word, word[1:]):
+            counts[p] -= freq
+        for p in zip(merged, merged[1:]):
+            counts[p] = counts.get(p, 0) + freq
+    return merged
+
+
 def train_merges(
     words: dict[tuple[int, ...], int], tokens: Sequence, num_merges: int, verbose: bool = False
 ) -> list[tuple[int, int]]:
@@ -122,7 +143,7 @@ def train_merges(
     """
     tokens = list(tokens)
     keys = [_desc(t) for t in tokens]
-    seqs = [list(w) for w in words]  # the current split of every distinct word
+    seqs = [tuple(w) for w in words]  # the current split of every distinct word
     freqs = list(words.values())
     counts: dict[tuple[int, int], int] = defaultdict(int)
     where: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> indices of the words containing it
@@ -149,14 +170,10 @@ def train_merges(
         bar.update()
         born = set()
         for i in where.pop((a, b)):
-            seq, freq = seqs[i], freqs[i]
-            new = merge(seq, (a, b), z)
-            if len(new) == len(seq):  # an earlier merge already consumed this occurrence
+            new = update_pair_counts(counts, seqs[i], (a, b), z, freqs[i])
+            if len(new) == len(seqs[i]):  # an earlier merge already consumed this occurrence
                 continue
-            for pair in zip(seq, seq[1:]):
-                counts[pair] -= freq
             for pair in zip(new, new[1:]):
-                counts[pair] += freq
                 if z in pair:
                     where[pair].add(i)
                     born.add(pair)

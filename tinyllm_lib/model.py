@@ -184,38 +184,13 @@ PRESETS = {
     "small": dict(d_model=512, n_layers=8, n_heads=8, d_ff=1024),
     "medium": dict(d_model=768, n_layers=12, n_heads=12, d_ff=1536),
 }
-# Block designs, independent of size: GPT-2's (the defaults) and LLaMA's (Touvron et al. 2023).
-STYLES = {
-    "gpt2": {},
-    "llama": dict(norm_type="rmsnorm", pos_emb="rope", activation="swiglu", bias=False),
-}
-
-
-class RMSNorm(nn.Module):
-    """x / sqrt(mean(x²) + eps) · g over the last dimension: no mean subtraction, no bias.
-
-    `elementwise_affine=False` drops the learned gain g. (…, C) -> (…, C).
-
-    >>> RMSNorm(4)(torch.tensor([[3.0, -3.0, 3.0, -3.0]]))   # root mean square 3 -> ±1
-    tensor([[ 1.0000, -1.0000,  1.0000, -1.0000]], grad_fn=<MulBackward0>)
-    """
-
-    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In float32: a mean of squares in bf16 loses the small channels (chapter 05).
-        rms_inv = torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (…, 1)
-        y = x.float() * rms_inv
-        if self.weight is not None:
-            y = y * self.weight.float()
-        return y.to(x.dtype)  # (…, C) in the input's dtype
+# Block designs, independent of size: GPT-2's (the defaults); section 9 adds LLaMA's.
+STYLES = {"gpt2": {}}
 
 
 def make_norm(config: GPTConfig) -> nn.Module:
-    """The normalisation layer `config.norm_type` asks for, of width d_model."""
+    """The normalisation layer of width d_model: a LayerNorm, or the RMSNorm of section 9 if
+    `config.norm_type` asks for it (chapter 09 compares them)."""
     if config.norm_type == "rmsnorm":
         return RMSNorm(config.d_model)
     return nn.LayerNorm(config.d_model, bias=config.bias)
@@ -360,3 +335,30 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGN
     """
     logits = logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32; fp64 stays
     return F.cross_entropy(logits, targets.flatten(), ignore_index=ignore_index, reduction=reduction)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x²) + eps) · g over the last dimension: no mean subtraction, no bias.
+
+    `elementwise_affine=False` drops the learned gain g. (…, C) -> (…, C).
+
+    >>> RMSNorm(4)(torch.tensor([[3.0, -3.0, 3.0, -3.0]]))   # root mean square 3 -> ±1
+    tensor([[ 1.0000, -1.0000,  1.0000, -1.0000]], grad_fn=<MulBackward0>)
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, elementwise_affine: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In float32: a mean of squares in bf16 loses the small channels (chapter 05).
+        rms_inv = torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (…, 1)
+        y = x.float() * rms_inv
+        if self.weight is not None:
+            y = y * self.weight.float()
+        return y.to(x.dtype)  # (…, C) in the input's dtype
+
+
+# LLaMA's block design (Touvron et al. 2023), for GPTConfig.preset(..., style="llama").
+STYLES["llama"] = dict(norm_type="rmsnorm", pos_emb="rope", activation="swiglu", bias=False)

@@ -43,10 +43,6 @@ CHAR_SPLIT = re.compile(rf"{SPACE}?[^\s{SPACE}]+|{SPACE}+(?![^\s{SPACE}])|\s+")
 # GPT-2's pre-tokenization: contractions, letters, numbers, other symbols (each with one optional
 # leading space), whitespace not followed by a word, any other whitespace.
 GPT2_SPLIT = regex.compile(r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
-# Where a text can be cut without changing its encoding (streaming, chapter 09): after a lone "\n"
-# between two non-space characters. No word of either flavour crosses it, and neither split's
-# choice for that "\n" depends on what follows. (re's \s holds every character regex's \s holds.)
-STREAM_CUT = re.compile(rf"(?<=\S\n)(?=[^\s{SPACE}])")
 
 
 _CACHE_LIMIT = 1 << 18  # distinct words remembered by encode
@@ -205,62 +201,6 @@ class BPETokenizer:
             ids.extend(pieces)
         return ids
 
-    def encode_iter(self, chunks: Iterable[str], prefix: bool = True) -> Iterator[list[int]]:
-        """Streaming encode: pieces of a text in (lines, blocks of a file), lists of ids out.
-
-        The lists joined equal `encode("".join(chunks))`. Text is held back only up to its last safe
-        cut (`STREAM_CUT`, a line break between two non-space characters), so memory stays at a
-        chunk plus one stretch between cuts, however long the text:
-        `ids = [i for part in tok.encode_iter(open(path)) for i in part]`. `prefix=False`: the
-        chunks continue a text cut at a `STREAM_CUT` (a worker's share of a file, chapter 04).
-        """
-        if any(c.isspace() for s in self.specials for c in s):
-            raise ValueError("encode_iter: a special token contains whitespace, so no cut is known to be safe")
-        tail, start = "", prefix  # start: the held-back text begins a text
-        for chunk in chunks:
-            lo = max(len(tail) - 1, 0)  # cuts before this were looked for already
-            tail += chunk
-            cut, i = None, len(tail)
-            while cut is None and (i := tail.rfind("\n", lo, i)) >= 0:  # the last cut, searching back
-                if STREAM_CUT.match(tail, i + 1):
-                    cut = i + 1
-            if cut is not None:
-                yield self._encode(tail[:cut], prefix=start)
-                tail, start = tail[cut:], False
-        if tail or start:
-            yield self._encode(tail, prefix=start)
-
-    def encode_file(self, path: str | Path, out: str | Path, start: int = 0, end: int | None = None,
-                    prefix: bool = True, chunk_bytes: int = 1 << 20) -> int:
-        """Stream bytes [start, end) of a UTF-8 file through `encode_iter` into `out`, a flat array of
-        ids (uint16, or uint32 above 65,536 tokens) in the machine's byte order; returns the number
-        of characters read. `start` must begin a character (chapter 04 cuts files at safe cuts)."""
-        path = Path(path)
-        end = path.stat().st_size if end is None else end
-        typecode = "H" if self.vocab_size <= 1 << 16 else "I"
-        n_chars = 0
-
-        def chunks():
-            nonlocal n_chars
-            decoder = codecs.getincrementaldecoder("utf-8")()  # a block may end inside a character
-            with open(path, "rb") as f:
-                f.seek(start)
-                left = end - start
-                while left > 0:
-                    raw = f.read(min(chunk_bytes, left))
-                    if not raw:
-                        break
-                    left -= len(raw)
-                    piece = decoder.decode(raw, final=left <= 0)
-                    n_chars += len(piece)
-                    yield piece
-
-        with open(out, "wb") as f:
-            for ids in self.encode_iter(chunks(), prefix=prefix):
-                f.write(array.array(typecode, ids).tobytes())
-        return n_chars
-
-
     def _role_id(self, role: str) -> int:
         if self.roles[role] is None:
             raise ValueError(f"this tokenizer has no {role.upper()} token")
@@ -329,12 +269,6 @@ class BPETokenizer:
     def from_gpt2(cls, encoder_json_path: str | Path, vocab_bpe_path: str | Path) -> BPETokenizer:
         """GPT-2's tokenizer from its published `encoder.json` and `vocab.bpe`: 50,257 ids, <|endoftext|> = 50256."""
         return _from_gpt2(cls, encoder_json_path, vocab_bpe_path)
-
-
-def encode_file_job(tokenizer: dict, path: str, start: int, end: int, prefix: bool, out: str) -> int:
-    """`BPETokenizer.from_dict(tokenizer).encode_file(...)`: one worker process's share of a file
-    (chapter 04). Here, not in the data module, so that a worker starts without importing PyTorch."""
-    return BPETokenizer.from_dict(tokenizer).encode_file(path, out, start, end, prefix)
 
 
 def _to_dict(tok: BPETokenizer) -> dict:
@@ -485,3 +419,78 @@ def _from_gpt2(cls: type[BPETokenizer], encoder_json_path: str | Path, vocab_bpe
         })
     except ValueError as exc:
         raise ValueError(f"{enc_path} and {bpe_path}: {exc}") from None
+
+
+# Where a text can be cut without changing its encoding (streaming, chapters 04 and 09): after a lone
+# "\n" between two non-space characters. No word of either flavour crosses it, and neither split's
+# choice for that "\n" depends on what follows. (re's \s holds every character regex's \s holds.)
+STREAM_CUT = re.compile(rf"(?<=\S\n)(?=[^\s{SPACE}])")
+
+
+def _encode_iter(self: BPETokenizer, chunks: Iterable[str], prefix: bool = True) -> Iterator[list[int]]:
+    """Streaming encode: pieces of a text in (lines, blocks of a file), lists of ids out.
+
+    The lists joined equal `encode("".join(chunks))`. Text is held back only up to its last safe
+    cut (`STREAM_CUT`, a line break between two non-space characters), so memory stays at a
+    chunk plus one stretch between cuts, however long the text:
+    `ids = [i for part in tok.encode_iter(open(path)) for i in part]`. `prefix=False`: the
+    chunks continue a text cut at a `STREAM_CUT` (a worker's share of a file, chapter 04).
+    """
+    if any(c.isspace() for s in self.specials for c in s):
+        raise ValueError("encode_iter: a special token contains whitespace, so no cut is known to be safe")
+    tail, start = "", prefix  # start: the held-back text begins a text
+    for chunk in chunks:
+        lo = max(len(tail) - 1, 0)  # cuts before this were looked for already
+        tail += chunk
+        cut, i = None, len(tail)
+        while cut is None and (i := tail.rfind("\n", lo, i)) >= 0:  # the last cut, searching back
+            if STREAM_CUT.match(tail, i + 1):
+                cut = i + 1
+        if cut is not None:
+            yield self._encode(tail[:cut], prefix=start)
+            tail, start = tail[cut:], False
+    if tail or start:
+        yield self._encode(tail, prefix=start)
+
+
+def _encode_file(self: BPETokenizer, path: str | Path, out: str | Path, start: int = 0, end: int | None = None,
+                prefix: bool = True, chunk_bytes: int = 1 << 20) -> int:
+    """Stream bytes [start, end) of a UTF-8 file through `encode_iter` into `out`, a flat array of
+    ids (uint16, or uint32 above 65,536 tokens) in the machine's byte order; returns the number
+    of characters read. `start` must begin a character (chapter 04 cuts files at safe cuts)."""
+    path = Path(path)
+    end = path.stat().st_size if end is None else end
+    typecode = "H" if self.vocab_size <= 1 << 16 else "I"
+    n_chars = 0
+
+    def chunks():
+        nonlocal n_chars
+        decoder = codecs.getincrementaldecoder("utf-8")()  # a block may end inside a character
+        with open(path, "rb") as f:
+            f.seek(start)
+            left = end - start
+            while left > 0:
+                raw = f.read(min(chunk_bytes, left))
+                if not raw:
+                    break
+                left -= len(raw)
+                piece = decoder.decode(raw, final=left <= 0)
+                n_chars += len(piece)
+                yield piece
+
+    with open(out, "wb") as f:
+        for ids in self.encode_iter(chunks(), prefix=prefix):
+            f.write(array.array(typecode, ids).tobytes())
+    return n_chars
+
+
+# Methods of the tokenizer all the same (`tok.encode_iter(...)`, `tok.encode_file(...)`), written here so
+# that the class above reads as training, encoding and decoding.
+BPETokenizer.encode_iter = _encode_iter
+BPETokenizer.encode_file = _encode_file
+
+
+def encode_file_job(tokenizer: dict, path: str, start: int, end: int, prefix: bool, out: str) -> int:
+    """`BPETokenizer.from_dict(tokenizer).encode_file(...)`: one worker process's share of a file
+    (chapter 04). Here, not in the data module, so that a worker starts without importing PyTorch."""
+    return BPETokenizer.from_dict(tokenizer).encode_file(path, out, start, end, prefix)

@@ -10,6 +10,7 @@ import torch
 
 from tinyllm_lib.checkpoint import CHECKPOINT_VERSION, CheckpointError, save_checkpoint
 from tinyllm_lib.generate import (
+    CompiledStep,
     Decoder,
     KVCache,
     SamplingExplorer,
@@ -212,6 +213,28 @@ def test_prefill_logits_match_the_model():
         assert torch.allclose(cached_forward(model, idx, cache), model(idx), atol=1e-5)
         assert torch.allclose(cached_forward(model, idx[:, :1] * 0 + 3, cache)[:, -1],
                               model(torch.cat([idx, idx[:, :1] * 0 + 3], 1))[:, -1], atol=1e-5)
+
+
+def test_compiled_step_equals_the_eager_step_with_padding_and_a_sliding_window():
+    model = tiny_model(context=16, pos_emb="rope", seed=4)
+    prompts = [[3, 4, 5, 6, 7, 8], [9], [10, 11, 12]]  # padded rows: the mask must hide the padding
+    eager = generate_ids(model, prompts, 40, temperature=0)  # 40 > context_length: the window slides
+    assert len(set(sum(eager, []))) > 10  # varied text, or equality would prove little
+    assert generate_ids(model, prompts, 40, temperature=0, compile=True) == eager
+    # the logits themselves, step by step, against cached_forward on a copy of the same cache
+    idx, pad = torch.tensor([[3, 4, 5, 6], [0, 0, 9, 8], [0, 10, 11, 12]]), torch.tensor([0, 2, 1])
+    compiled, eager_cache, cache = CompiledStep(), KVCache(model.config, 3), KVCache(model.config, 3)
+    with torch.no_grad():
+        for c in (cache, eager_cache):
+            c.reset(pad)
+            cached_forward(model, idx, c)
+        for token in [7, 1, 30, 2, 44]:
+            new = torch.tensor([[token], [token + 1], [token + 2]])
+            want = cached_forward(model, new, eager_cache)[:, -1]
+            assert torch.allclose(compiled(model, new, cache), want, atol=1e-5)
+            assert cache.length == eager_cache.length
+    with pytest.raises(ValueError, match="use_cache"):
+        generate_ids(model, [1], 3, compile=True, use_cache=False)
 
 
 def test_cache_memory_formula():

@@ -375,12 +375,14 @@ class Decoder:
     cache holds context_length positions; once the text is longer, the window slides: every position
     shifts by one and every layer's keys change, so the window is recomputed from scratch (exactly
     what the uncached model computes). Without the cache, every step recomputes the window.
+    With `compile=True` (and the cache), each one-token step runs `CompiledStep` instead of
+    `cached_forward` (section 12: the same numbers, less time between the layers).
     """
 
     def __init__(self, model: GPT, ids, lengths=None, max_new_tokens: int = 0, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float = 1.0, min_p: float = 0.0,
                  repetition_penalty: float = 1.0, seed: int | None = None, use_cache: bool = True,
-                 pad_id: int = 0):
+                 pad_id: int = 0, compile: bool = False):
         check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens)
         self.model, self.use_cache = model, use_cache
         self.settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -395,6 +397,9 @@ class Decoder:
         self.n = T0  # columns filled
         self.context = model.config.context_length
         self.cache = KVCache(model.config, B, device=param.device, dtype=param.dtype) if use_cache else None
+        if compile and not use_cache:
+            raise ValueError("compile=True needs use_cache=True: the compiled step is a cached step")
+        self.compiled = CompiledStep() if compile else None
         self.generator = None
         if seed is not None:  # a private generator: same seed, same text, whatever else uses torch's RNG
             self.generator = torch.Generator(device=param.device).manual_seed(seed)
@@ -423,7 +428,11 @@ class Decoder:
             raise RuntimeError("max_new_tokens reached: this decoder has no room for another token")
         cache = self.cache
         if cache is not None and 0 < cache.length < cache.max_len:
-            logits = cached_forward(self.model, self.tokens[:, self.n - 1:self.n], cache, last_only=True)[:, -1]
+            new = self.tokens[:, self.n - 1:self.n]  # (B, 1)
+            if self.compiled is not None:
+                logits = self.compiled(self.model, new, cache)
+            else:
+                logits = cached_forward(self.model, new, cache, last_only=True)[:, -1]
         else:  # first step, no cache, or a full cache: (re)compute the window
             logits = self._window_logits()  # (B, V)
         nxt = sample_next(logits, **self.settings, seen=self.seen, generator=self.generator)  # (B,)
@@ -538,19 +547,20 @@ def continuations(model: GPT, tokenizer: BPETokenizer, prompts: Sequence[str], m
 def generate(model: GPT, tokenizer: BPETokenizer, prompt: str | Sequence[str], max_new_tokens: int = 200, *,
              temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0, min_p: float = 0.0,
              repetition_penalty: float = 1.0, seed: int | None = None, stop: str | Sequence[str] | None = None,
-             eos_id: int | None = None, use_cache: bool = True) -> str | list[str]:
+             eos_id: int | None = None, use_cache: bool = True, compile: bool = False) -> str | list[str]:
     """The text the model writes after `prompt` (a str -> a str; a list of str -> a list, one batch).
 
     Stops after `max_new_tokens`, at `eos_id` (default: the tokenizer's <EOS>) or at a `stop` string
     (not included). `seed` makes the draw reproducible. Prompts longer than the context are cropped
-    from the left.
+    from the left. `compile=True` runs each step through `CompiledStep` (section 12).
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise ValueError("prompt: an empty list; give at least one prompt")
     steps = continuations(model, tokenizer, prompts, max_new_tokens, stop=stop, eos_id=eos_id,
                           temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                          repetition_penalty=repetition_penalty, seed=seed, use_cache=use_cache)
+                          repetition_penalty=repetition_penalty, seed=seed, use_cache=use_cache,
+                          compile=compile)
     last = deque(steps, maxlen=1)  # run every step, keep the final state
     texts = [row.text for row in last[0]] if last else [""] * len(prompts)
     return texts[0] if isinstance(prompt, str) else texts
@@ -680,6 +690,65 @@ def quantize_int8(model: GPT) -> GPT:
             if isinstance(child, torch.nn.Linear):
                 setattr(parent, name, Int8Linear(child))
     return q
+
+
+def static_cached_step(model: GPT, idx: torch.Tensor, slot: torch.Tensor, pad: torch.Tensor,
+                       keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """`cached_forward` for one new token with every shape fixed, so that one compiled graph serves
+    every step: idx (B, 1) the new tokens, slot (1,) their cache slot, pad (B,) padding slots per row,
+    keys / values one (B, nh, max_len, hd) tensor per layer, written in place. Attention reads all
+    max_len slots; a mask hides the empty ones and the padding. Returns the logits (B, V)."""
+    cfg = model.config
+    pos = (slot - pad).clamp(min=0)  # (B,): each row counts from its first real token
+    x = model.tok_emb(idx)  # (B, 1, C)
+    if cfg.pos_emb == "learned":
+        x = x + model.pos_emb(pos)[:, None]
+    elif cfg.pos_emb == "sinusoidal":
+        x = x * math.sqrt(cfg.d_model) + model.pos_table[pos][:, None].to(x.dtype)
+    slots = torch.arange(keys[0].size(2), device=idx.device)  # (max_len,)
+    visible = (slots[None] <= slot) & (slots[None] >= pad[:, None])  # (B, max_len)
+    hidden = torch.zeros(visible.shape, device=idx.device).masked_fill(~visible, -math.inf)[:, None, None]
+    for layer, block in enumerate(model.blocks):
+        attn = block.attn
+        h = block.ln1(x) if block.pre_norm else x
+        q, k, v = attn.qkv(h).split(cfg.d_model, dim=-1)  # 3 × (B, 1, C)
+        q, k, v = (split_heads(t, attn.n_heads) for t in (q, k, v))  # 3 × (B, nh, 1, hd)
+        if model.rotary is not None:
+            q, k = model.rotary(q, pos[:, None]), model.rotary(k, pos[:, None])
+        keys[layer].index_copy_(2, slot, k)  # in place: the caller's cache
+        values[layer].index_copy_(2, slot, v)
+        scores = (q @ keys[layer].transpose(-1, -2)).float() * q.size(-1) ** -0.5 + hidden  # (B, nh, 1, max_len)
+        y = scores.softmax(dim=-1).to(v.dtype) @ values[layer]  # (B, nh, 1, hd)
+        a = attn.proj(merge_heads(y))  # (B, 1, C)
+        if block.pre_norm:
+            x = x + a
+            x = x + block.ffn(block.ln2(x))
+        else:
+            x = block.ln1(x + a)
+            x = block.ln2(x + block.ffn(x))
+    return model.lm_head(model.ln_f(x))[:, -1]  # (B, V)
+
+
+class CompiledStep:
+    """`static_cached_step` compiled by `torch.compile`: call it as `step(model, idx (B, 1), cache)`; it
+    returns the logits (B, V) and advances the cache by one slot, like `cached_forward`. The first call
+    compiles (a C++ compiler on a CPU, Triton on a GPU); later calls skip the re-checking of the
+    graph's assumptions (its guards), which for one decoder never change (same model, shapes, dtypes)."""
+
+    def __init__(self):
+        self.fn = torch.compile(static_cached_step, fullgraph=True, dynamic=False)
+        self.checked = False
+
+    def __call__(self, model: GPT, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        slot = torch.tensor([cache.length], device=idx.device)
+        args = (model, idx, slot, cache.pad, cache.k.unbind(0), cache.v.unbind(0))  # per-layer views
+        if self.checked:
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                logits = self.fn(*args)
+        else:
+            logits, self.checked = self.fn(*args), True
+        cache.length += 1
+        return logits
 
 
 def widgets_live() -> bool:
@@ -828,6 +897,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="same seed, same text")
     p.add_argument("--num_samples", type=int, default=1, help="how many texts to write")
     p.add_argument("--device", default=None, help="cuda | mps | cpu (default: the best available)")
+    p.add_argument("--compile", action="store_true", help="compile the decoding step (section 12 of chapter 07): "
+                   "faster per token after a compilation of a few seconds")
     return p
 
 
@@ -862,7 +933,7 @@ def main(argv: list[str] | None = None) -> int:
             for piece in stream(model, tokenizer, prompt, args.max_tokens, temperature=temperature,
                                 top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                                 repetition_penalty=args.repetition_penalty, stop=args.stop,
-                                seed=None if args.seed is None else args.seed + i):
+                                seed=None if args.seed is None else args.seed + i, compile=args.compile):
                 if template is not None:
                     piece = piece if answer else piece.lstrip()
                     answer += piece

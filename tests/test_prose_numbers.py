@@ -29,6 +29,8 @@ FACTS = {
     ("01_bpe", "50,000"): "GPT-2's vocab.bpe holds 50,000 merges: a property of the published file",
     ("04_training_loop", "6,500"): "the step count of a shell command shown in the text",
     ("04_training_loop", "65,535"): "the largest uint16, a property of the type",
+    ("04b_robust_training", "6,500"): "the step count of a shell command shown in the text",
+    ("04b_robust_training", "65,535"): "the largest uint16, a property of the type",
     ("05_mixed_precision", "10,000"): "the vocabulary size of the benchmark configuration, set in bench/",
     ("05_mixed_precision", "19.5"): "an A100 datasheet figure (fp32 TFLOPS)",
     ("05_mixed_precision", "1.5"): "arithmetic shown inline: 1 / (1 - 1/3)",

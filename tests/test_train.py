@@ -19,12 +19,12 @@ from tinyllm_lib.checkpoint import (
     save_checkpoint,
 )
 from tinyllm_lib.data import get_batch, prepare_data
+from tinyllm_lib.guards import TrainingDiverged
 from tinyllm_lib.model import GPT, GPTConfig, lm_loss
 from tinyllm_lib.optim import configure_optimizer, get_lr
 from tinyllm_lib.trainer import (
     TrainConfig,
     Trainer,
-    TrainingDiverged,
     bits_per_char,
     resolve_dtype,
 )

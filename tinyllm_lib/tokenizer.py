@@ -421,7 +421,7 @@ def _from_gpt2(cls: type[BPETokenizer], encoder_json_path: str | Path, vocab_bpe
         raise ValueError(f"{enc_path} and {bpe_path}: {exc}") from None
 
 
-# Where a text can be cut without changing its encoding (streaming, chapters 04 and 09): after a lone
+# Where a text can be cut without changing its encoding (streaming, chapters 04b and 09): after a lone
 # "\n" between two non-space characters. No word of either flavour crosses it, and neither split's
 # choice for that "\n" depends on what follows. (re's \s holds every character regex's \s holds.)
 STREAM_CUT = re.compile(rf"(?<=\S\n)(?=[^\s{SPACE}])")
@@ -434,7 +434,7 @@ def _encode_iter(self: BPETokenizer, chunks: Iterable[str], prefix: bool = True)
     cut (`STREAM_CUT`, a line break between two non-space characters), so memory stays at a
     chunk plus one stretch between cuts, however long the text:
     `ids = [i for part in tok.encode_iter(open(path)) for i in part]`. `prefix=False`: the
-    chunks continue a text cut at a `STREAM_CUT` (a worker's share of a file, chapter 04).
+    chunks continue a text cut at a `STREAM_CUT` (a worker's share of a file, chapter 04b).
     """
     if any(c.isspace() for s in self.specials for c in s):
         raise ValueError("encode_iter: a special token contains whitespace, so no cut is known to be safe")
@@ -457,7 +457,7 @@ def _encode_file(self: BPETokenizer, path: str | Path, out: str | Path, start: i
                 prefix: bool = True, chunk_bytes: int = 1 << 20) -> int:
     """Stream bytes [start, end) of a UTF-8 file through `encode_iter` into `out`, a flat array of
     ids (uint16, or uint32 above 65,536 tokens) in the machine's byte order; returns the number
-    of characters read. `start` must begin a character (chapter 04 cuts files at safe cuts)."""
+    of characters read. `start` must begin a character (chapter 04b cuts files at safe cuts)."""
     path = Path(path)
     end = path.stat().st_size if end is None else end
     typecode = "H" if self.vocab_size <= 1 << 16 else "I"
@@ -492,5 +492,5 @@ BPETokenizer.encode_file = _encode_file
 
 def encode_file_job(tokenizer: dict, path: str, start: int, end: int, prefix: bool, out: str) -> int:
     """`BPETokenizer.from_dict(tokenizer).encode_file(...)`: one worker process's share of a file
-    (chapter 04). Here, not in the data module, so that a worker starts without importing PyTorch."""
+    (chapter 04b). Here, not in the data module, so that a worker starts without importing PyTorch."""
     return BPETokenizer.from_dict(tokenizer).encode_file(path, out, start, end, prefix)

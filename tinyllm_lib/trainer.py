@@ -3,6 +3,9 @@
 
 """The Trainer: evaluation, metrics, checkpoints that resume exactly, a NaN guard, Ctrl-C, mixed precision.
 
+The checkpoint, resume, NaN-guard and Ctrl-C helpers it calls live in tinyllm_lib/checkpoint.py and
+tinyllm_lib/guards.py (chapter 04b).
+
     >>> round(bits_per_char(math.log(2), 1.0), 6), dtype_name("bf16")   # 1 bit per token of 1 character
     (1.0, 'bfloat16')
     >>> TrainConfig(lr=-1)                                                # a bad setting names its flag
@@ -24,27 +27,20 @@ import json
 import math
 import random
 import shutil
-import signal
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from tinyllm_lib.checkpoint import (
-    CHECKPOINT_VERSION,
-    CheckpointError,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from tinyllm_lib.checkpoint import restore_trainer, save_checkpoint, trainer_state  # chapter 04b
 from tinyllm_lib.data import TokenData, atomic_write, get_batch
 from tinyllm_lib.distributed import Distributed  # several processes: chapter 06
 from tinyllm_lib.env import bf16_supported, pick_device
+from tinyllm_lib.guards import CtrlC, guard, stop_requested  # the NaN guard and Ctrl-C: chapter 04b
 from tinyllm_lib.model import GPT, IGNORE_INDEX, GPTConfig, lm_loss
 from tinyllm_lib.optim import configure_optimizer, get_lr
 
@@ -94,10 +90,6 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 
 EVAL_SEED_OFFSET = 2**32  # evaluation batches: a seed no rank's sampler (seed + rank) ever uses
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; training stopped before writing a bad checkpoint."""
 
 
 @dataclass
@@ -260,74 +252,12 @@ class Trainer:
         return out
 
     def state_dict(self) -> dict:
-        """Everything exact resume needs; plain tensors, numbers, strings (weights_only=True loads it)."""
-        rng = self.dist.gather(rng_state(self.sampler, self.device))  # one entry per rank: its own streams
-        return {
-            "version": CHECKPOINT_VERSION,
-            "model": self.raw_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "model_config": asdict(self.model_cfg),
-            "train_config": asdict(self.cfg),
-            "tokenizer": self.data.tokenizer.to_dict(),
-            "prompt_template": getattr(self.data, "prompt_template", None),  # Q&A data: how to wrap a question
-            "step": self.step,
-            "best_val_loss": self.best_val_loss,
-            "rng": rng,
-        }
+        """Everything exact resume needs: `trainer_state` (tinyllm_lib/checkpoint.py, chapter 04b)."""
+        return trainer_state(self)
 
     def load_state_dict(self, state: dict, source: str = "checkpoint") -> None:
-        """Restore a checkpoint after checking it belongs to this model and tokenizer."""
-        # A field added since the checkpoint was written takes its default: older checkpoints resume.
-        ours, theirs = asdict(self.model_cfg), asdict(GPTConfig(**state["model_config"]))
-        diffs = [f"{k}={theirs.get(k)!r} in the checkpoint, {ours.get(k)!r} from the flags"
-                 for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
-        if diffs:
-            raise CheckpointError(f"{source}: model config differs: {'; '.join(diffs)}. "
-                                  f"Use the checkpoint's settings, or a new --out_dir to start afresh")
-        if json.dumps(state["tokenizer"], sort_keys=True) != json.dumps(self.data.tokenizer.to_dict(), sort_keys=True):
-            raise CheckpointError(f"{source}: its tokenizer differs from the one built from --data and "
-                                  f"--vocab_size; resume with the data and vocabulary it was trained on")
-        self.raw_model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"] and self.scaler.is_enabled():  # fp16 then and now; another dtype starts afresh
-            self.scaler.load_state_dict(state["scaler"])
-        self.step = self.last_eval_step = state["step"]
-        self.best_val_loss = state["best_val_loss"]
-        if len(state["rng"]) == self.dist.world_size:
-            set_rng_state(state["rng"][self.dist.rank], self.sampler, self.device)
-        else:  # a different number of processes: a fresh but reproducible stream per rank
-            self.sampler.manual_seed(self.cfg.seed + self.dist.rank + self.step)
-        self.last_good = (Path(source), self.step)
-        self._load_history()
-
-    def _load_history(self) -> None:
-        """Keep the metrics logged up to the resumed step; later lines belong to a run we rewind.
-
-        Only rank 0 reads and rewrites metrics.jsonl. A torn last line (a crash while appending)
-        is dropped with a warning; any other bad line is an error naming `metrics.jsonl:<line>`.
-        """
-        path = self.out_dir / "metrics.jsonl"
-        if not self.dist.master or not path.is_file():
-            return
-        lines = path.read_text(encoding="utf-8").splitlines()
-        kept = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                keep = record["step"] <= self.step
-            except (ValueError, KeyError, TypeError) as exc:
-                if number == len(lines):
-                    print(f"warning: {path}:{number}: dropping a torn last line ({exc})", file=sys.stderr)
-                    continue
-                raise ValueError(f"{path}:{number}: not a metrics record ({exc}); fix or delete that line") from exc
-            if keep:
-                kept.append(record)
-        self.history = kept
-        text = "".join(json.dumps(r) + "\n" for r in kept)
-        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        """Restore a checkpoint after checking it belongs to this model and tokenizer (chapter 04b)."""
+        restore_trainer(self, state, source)
 
     def _record(self, record: dict) -> None:
         self.history.append(record)
@@ -337,19 +267,8 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
 
     def _guard(self, what: str = "loss", loss: torch.Tensor | None = None) -> float | None:
-        """Stop on NaN/inf before anything is written; the last good checkpoint stays on disk.
-
-        One device sync, which also reads `loss` back (its mean over ranks). Under DDP the NaN flag
-        and the loss are summed across ranks, so every rank logs the same loss and all stop together.
-        """
-        stats = torch.stack([self._nonfinite.float(),
-                             loss.detach().float() if loss is not None else torch.zeros((), device=self.device)])
-        nonfinite, loss_sum = self.dist.sum(stats).tolist()
-        if nonfinite:
-            where = f"{self.last_good[0]} (step {self.last_good[1]})" if self.last_good else "none written yet"
-            raise TrainingDiverged(f"the {what} became NaN or infinite by step {self.step}: training stopped. "
-                                   f"Last good checkpoint: {where}. Try a lower --lr or --grad_clip 1.0")
-        return loss_sum / self.dist.world_size if loss is not None else None
+        """Raise TrainingDiverged on a NaN/inf loss, else the mean `loss` over ranks (`guard`, chapter 04b)."""
+        return guard(self, what, loss)
 
     def evaluate_and_save(self) -> dict:
         self._guard()
@@ -374,18 +293,6 @@ class Trainer:
         self.last_eval_step = self.step
         return metrics
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self.interrupted:  # a second Ctrl-C: stop at once, without saving
-            raise KeyboardInterrupt
-        self.interrupted = True
-        tqdm.write("Ctrl-C: saving after this step (press again to abort without saving)")
-
-    def _stop_requested(self) -> bool:
-        """Ctrl-C seen? Under DDP, asked of all ranks together at log steps, so that they all stop."""
-        if self.dist.world_size > 1 and self.step % self.cfg.log_interval:
-            return False
-        return self.dist.any(self.interrupted, self.device)
-
     def fit(self, until: int | None = None) -> list[dict]:
         """Train to `max_iters` (or stop at step `until`, as an interruption would), evaluating
         and checkpointing every `eval_interval` steps and at the end. Returns the metrics history.
@@ -398,12 +305,9 @@ class Trainer:
         bar = tqdm(total=cfg.max_iters, initial=self.step, disable=not self.dist.master, desc="training",
                    unit="step", mininterval=1.0 if sys.stderr.isatty() else 10.0)  # fewer lines in logs
         tick = time.perf_counter()
-        self.interrupted = False
-        main_thread = threading.current_thread() is threading.main_thread()  # signals need it
-        previous = signal.signal(signal.SIGINT, self._on_sigint) if main_thread else None
-        try:
+        with CtrlC(self), bar:  # Ctrl-C only sets self.interrupted (chapter 04b); the bar closes at the end
             while True:
-                if self._stop_requested():
+                if stop_requested(self):
                     if self.step != self.last_eval_step:
                         self.evaluate_and_save()
                     if self.dist.master:
@@ -428,11 +332,7 @@ class Trainer:
                               "tok_per_s": round(tok_s, 1)}
                     self._record(record)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
-                                        refresh=False)
-        finally:
-            if main_thread:
-                signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-            bar.close()
+                                    refresh=False)
         return self.history
 
 

@@ -169,17 +169,46 @@ CACHED_FORWARD = (
     '    logits = torch.cat(logits, dim=1)\n'
     '    return logits[:, -1:] if last_only else logits\n')
 
+# chapter 05's mixed-precision step as a learner might write it; {dtype} and {enabled} are where it goes wrong
+MIXED_STEP = (
+    "def mixed_precision_step(model, optimizer, scaler, x, y, dtype, max_norm):\n"
+    "    with torch.autocast('cpu', dtype={dtype}, enabled={enabled}):\n"
+    "        loss = lm_loss(model(x), y)\n"
+    "    scaler.scale(loss).backward()\n"
+    "    scaler.unscale_(optimizer)\n"
+    "    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)\n"
+    "    scaler.step(optimizer)\n"
+    "    scaler.update()\n"
+    "    optimizer.zero_grad(set_to_none=True)\n"
+    "    return loss.item()\n")
+
 # notebook -> (the plug-in check's name, {what is planted: source that redefines a learner function wrongly})
 PLANTED = {
-    "01_bpe.ipynb": ("your train + encode_word inside BPETokenizer", {
+    "01_bpe.ipynb": ("your train, encode_word and update_pair_counts inside BPETokenizer", {
         "merge by string replacement": 'def merge(word, pair, new):\n'
                                        '    return tuple(" ".join(word).replace(" ".join(pair), new).split())\n',
         "encode_word that merges nothing": "def encode_word(ids, merges):\n    return list(ids)\n",
+        "an update that only adds the new pairs": "def update_pair_counts(counts, word, pair, new, freq):\n"
+                                                  "    merged = merge(word, pair, new)\n"
+                                                  "    if len(merged) < len(word):\n"
+                                                  "        for p in zip(merged, merged[1:]):\n"
+                                                  "            counts[p] += freq\n"
+                                                  "    return merged\n",
     }),
     "02_attention.ipynb": ("your causal_attention inside a GPT", {
-        "attention without 1/sqrt(d)": "def causal_attention(q, k, v):\n"
+        "attention without 1/sqrt(d)": "def causal_attention(q, k, v, dropout_p=0.0):\n"
                                        "    scores = (q @ k.transpose(-2, -1)).masked_fill(~causal_mask(q.size(-2)), float('-inf'))\n"
-                                       "    return scores.softmax(-1) @ v\n",
+                                       "    return F.dropout(scores.softmax(-1), dropout_p) @ v\n",
+        "dropout on the scores, before the softmax": (
+            "def causal_attention(q, k, v, dropout_p=0.0):\n"
+            "    scores = (q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))).masked_fill(~causal_mask(q.size(-2)), float('-inf'))\n"
+            "    return F.dropout(scores, dropout_p).softmax(-1) @ v\n"),
+        "a module that drops in eval mode too": ("your MultiHeadAttention inside a GPT", (
+            "class MyMultiHeadAttention(MyMultiHeadAttention):\n"
+            "    def forward(self, x, rotary=None, need_weights=False):\n"
+            "        q, k, v = self.qkv(x).split(x.size(-1), dim=-1)\n"
+            "        y = causal_attention(split(q, self.n_heads), split(k, self.n_heads), split(v, self.n_heads), self.dropout)\n"
+            "        return F.dropout(self.proj(merge(y)), self.dropout), None\n")),
     }),
     "03_transformer_block.ipynb": ("your pre_norm_block + gpt_forward inside a GPT", {
         "block without the FFN's residual": "def pre_norm_block(block, x):\n"
@@ -191,12 +220,18 @@ PLANTED = {
                                                "        x, _ = block(x)\n"
                                                "    return model.lm_head(x)\n",
     }),
-    "05_mixed_precision.ipynb": ("my_activation_bytes against autograd", {
-        "the residual stream in the autocast dtype": (
-            "def my_activation_bytes(cfg, B, dtype):\n"
-            "    T, C, F, V = cfg.context_length, cfg.d_model, cfg.d_ff, cfg.vocab_size\n"
-            "    act = torch.finfo(dtype).bits // 8\n"
-            "    return cfg.n_layers * (8 * B * T * C + 2 * B * T * F) * act + B * T * C * 2 * act + B * T * V * 4\n"),
+    "05_mixed_precision.ipynb": ("your mixed-precision step inside a bf16 Trainer", {
+        "the forward pass in float32 (no autocast)": MIXED_STEP.format(dtype="dtype", enabled="False"),
+        "float16 autocast without a scaler": MIXED_STEP.format(dtype="torch.float16", enabled="True"),
+        "the weights themselves cast to bfloat16": (
+            "def mixed_precision_step(model, optimizer, scaler, x, y, dtype, max_norm):\n"
+            "    model.to(dtype)\n"
+            "    loss = lm_loss(model(x), y)\n"
+            "    loss.backward()\n"
+            "    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)\n"
+            "    optimizer.step()\n"
+            "    optimizer.zero_grad(set_to_none=True)\n"
+            "    return loss.item()\n"),
     }),
     "09_experiments.ipynb": ("your RMSNorm, RoPE and SwiGLU inside a GPT", {
         "RMSNorm that subtracts the mean": "def my_rms_norm(x, gain, eps=1e-6):\n"
@@ -230,7 +265,7 @@ PLANTED = {
     }),
 }
 STUBS = {"01_bpe.ipynb": "train", "08_custom_data.ipynb": "my_pad_batch", "02_attention.ipynb": "causal_attention",
-         "03_transformer_block.ipynb": "pre_norm_block", "05_mixed_precision.ipynb": "my_activation_bytes",
+         "03_transformer_block.ipynb": "pre_norm_block", "05_mixed_precision.ipynb": "mixed_precision_step",
          "09_experiments.ipynb": "my_rms_norm", "07_sampling.ipynb": "my_cached_forward"}
 PLANTED["10_gpt2.ipynb"] = ("load_gpt2 with your map and your safetensors reader", {
     "attention's c_proj not transposed": "def my_gpt2_to_ours(tensors, cfg):\n"
@@ -247,6 +282,18 @@ PLANTED["10_gpt2.ipynb"] = ("load_gpt2 with your map and your safetensors reader
                              "    return ours\n",
 })
 STUBS["10_gpt2.ipynb"] = "my_gpt2_to_ours"
+# Chapter 04's plug-in is its last cell now that the learning-rate experiment (exercise 8) comes before it.
+PLANTED["04_training_loop.ipynb"] = ("your schedule, clipping and training step inside the Trainer", {
+    "a training step that never clears its gradients": "def training_step(model, optimizer, x, y, max_norm):\n"
+                                                       "    loss = lm_loss(model(x), y)\n"
+                                                       "    loss.backward()\n"
+                                                       "    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)\n"
+                                                       "    optimizer.step()\n"
+                                                       "    return loss.item()\n",
+    "a schedule without warmup": "def lr_at(it, max_lr, min_lr, warmup_iters, max_iters):\n"
+                                 "    return get_lr(it, max_lr, min_lr, 0, max_iters)\n",
+})
+STUBS["04_training_loop.ipynb"] = "training_step"
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +309,7 @@ def solved():
     for name in PLANTED:
         nb = json.loads((SOLUTIONS / name).read_text(encoding="utf-8"))
         cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
-        assert "use_mine" in cells[-1] or "measured_activation_bytes" in cells[-1], f"{name}: no plug-in cell last"
+        assert "use_mine" in cells[-1], f"{name}: no plug-in cell last"
         namespace = {"__name__": "__main__"}
         for source in cells:
             exec(compile(source, name, "exec"), namespace)
@@ -293,7 +340,10 @@ def test_a_wrong_learner_function_reaches_the_run_and_fails_the_plug_in_check(so
     monkeypatch.chdir(SOLUTIONS)
     namespace, plug_cell = solved[notebook]
     name, bugs = PLANTED[notebook]
-    with replaced_in(namespace, bugs[bug]):
+    source = bugs[bug]
+    if isinstance(source, tuple):  # a bug that another check of the same plug-in cell catches
+        name, source = source
+    with replaced_in(namespace, source):
         with pytest.raises(CheckFailed, match=f"^✗ {re.escape(name)} (differs from the reference|raised)"):
             exec(plug_cell, namespace)
     assert f"✗ {name} " in capsys.readouterr().out
@@ -365,3 +415,45 @@ def test_the_06_plug_in_passes_fails_a_wrong_wrapper_and_says_not_written_yet(dd
     finally:
         namespace.clear()
         namespace.update(before)
+
+
+# ---------------------------------------------------------------- chapter 11: the flash-attention plug-in
+# Its notebook's ZeRO exercise runs on 2 processes, so only the cells the plug-in needs run here: the
+# setup, the two function cells (not their checks) and the plug-in cell (last).
+FLASH_PLUG = "your flash attention inside a GPT"
+FLASH_BUGS = {  # a wrong my_flash_forward: (old, new)
+    "attention that is not causal": ("            if causal:\n", "            if False:\n"),
+    "scores without 1/sqrt(d)": ("s = q_i @ k[..., j:j_end, :].transpose(-2, -1) * scale",
+                                 "s = q_i @ k[..., j:j_end, :].transpose(-2, -1)"),
+}
+
+
+def flash_cells(old: str = "", new: str = "") -> list[str]:
+    import json
+
+    nb = json.loads((SOLUTIONS / "11_systems.ipynb").read_text(encoding="utf-8"))
+    cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    assert "use_mine" in cells[-1], "11_systems: no plug-in cell last"
+    merge, forward = (next(s for s in cells if f"def {name}(" in s) for name in ("my_merge_tiles", "my_flash_forward"))
+    if old:
+        assert forward.count(old) == 1, old
+        forward = forward.replace(old, new)
+    return [cells[0], merge, forward, cells[-1]]
+
+
+@pytest.mark.parametrize("bug", [None, *FLASH_BUGS, "stub"])
+def test_the_11_plug_in_passes_fails_a_wrong_forward_and_says_not_written_yet(bug, monkeypatch, capsys):
+    monkeypatch.setenv("TINYLLM_STRICT_CHECKS", "1")
+    cells = flash_cells(*FLASH_BUGS.get(bug, ("", "")))
+    if bug == "stub":
+        cells[2] = "def my_flash_forward(*args, **kwargs):\n    raise NotImplementedError\n"
+    namespace = {"__name__": "__main__"}
+    for source in cells[:-1]:
+        exec(source, namespace)
+    if bug in FLASH_BUGS:
+        with pytest.raises(CheckFailed, match=f"^✗ {re.escape(FLASH_PLUG)} differs from the reference"):
+            exec(cells[-1], namespace)
+    else:
+        exec(cells[-1], namespace)
+        expected = "not written yet: `my_flash_forward`" if bug == "stub" else f"✓ correct: {FLASH_PLUG} matches"
+        assert expected in capsys.readouterr().out

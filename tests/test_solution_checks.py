@@ -96,6 +96,17 @@ BUGS = {
     "decoding that strips every leading space": (
         "01_bpe.ipynb", 'return text[1:] if text.startswith(" ") else text', 'return text.lstrip(" ")',
         "decode_pieces"),
+    "incremental update that forgets the neighbours' old pairs": (
+        "01_bpe.ipynb",
+        "            if i > 0 and not fresh[-1]:  # (x, a) goes; after an occurrence, (b, a) went already\n"
+        "                counts[(word[i - 1], a)] -= freq\n"
+        "            if i + 2 < n:  # (b, y) goes\n"
+        "                counts[(b, word[i + 2])] -= freq\n", "", "update_pair_counts"),
+    "incremental update that removes the pair between two occurrences twice": (
+        "01_bpe.ipynb", "if i > 0 and not fresh[-1]:", "if i > 0:", "update_pair_counts"),
+    "incremental update that adds only the new symbol's left pairs": (
+        "01_bpe.ipynb", "if len(out) > 1 and (fresh[-1] or fresh[-2]):", "if len(out) > 1 and fresh[-1]:",
+        "update_pair_counts"),
     "training that breaks ties by insertion order": (
         "01_bpe.ipynb", "        pair = best_pair(counts)\n        merges.append(pair)",
         "        pair = max(counts, key=counts.get)\n        merges.append(pair)", "train"),
@@ -114,8 +125,19 @@ BUGS = {
     "the mask applied after the softmax": (
         "02_attention.ipynb",
         'scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))\n'
-        "    return scores.softmax(-1) @ v",
-        "return (scores.softmax(-1) * torch.ones(T, T).tril()) @ v", "causal_attention"),
+        "    weights = scores.softmax(-1)  # (..., T, T)",
+        "weights = scores.softmax(-1) * torch.ones(T, T).tril()", "causal_attention"),
+    "dropout on the scores, before the softmax": (
+        "02_attention.ipynb",
+        "    weights = scores.softmax(-1)  # (..., T, T)\n    if dropout_p > 0:\n"
+        "        weights = F.dropout(weights, p=dropout_p)\n",
+        "    if dropout_p > 0:\n        scores = F.dropout(scores, p=dropout_p)\n"
+        "    weights = scores.softmax(-1)  # (..., T, T)\n", "causal_attention"),
+    "influence perturbing only the queries": (
+        "02_attention.ipynb", "for x in (q2, k2, v2):", "for x in (q2,):", "influence"),
+    "influence with rows and columns swapped": (
+        "02_attention.ipynb", "depends[:, s] = (attend(q2, k2, v2)", "depends[s, :] = (attend(q2, k2, v2)",
+        "influence"),
     "heads split by a reshape without the transpose": (
         "02_attention.ipynb", "return x.view(B, T, n_heads, C // n_heads).transpose(1, 2)",
         "return x.reshape(B, n_heads, T, C // n_heads)", "split"),
@@ -132,7 +154,13 @@ BUGS = {
         "02_attention.ipynb", "q, k, v = self.qkv(x).split(x.size(-1), dim=-1)",
         "k, q, v = self.qkv(x).split(x.size(-1), dim=-1)", "MyMultiHeadAttention"),
     "multi-head attention without its output projection": (
-        "02_attention.ipynb", "return self.proj(merge(y)), None", "return merge(y), None", "MyMultiHeadAttention"),
+        "02_attention.ipynb", "return F.dropout(self.proj(merge(y)), p), None", "return F.dropout(merge(y), p), None",
+        "MyMultiHeadAttention"),
+    "multi-head dropout also in eval mode": (
+        "02_attention.ipynb", "p = self.dropout if self.training else 0.0", "p = self.dropout", "MyMultiHeadAttention"),
+    "multi-head attention without the dropout after proj": (
+        "02_attention.ipynb", "return F.dropout(self.proj(merge(y)), p), None", "return self.proj(merge(y)), None",
+        "MyMultiHeadAttention"),
     "attention parameters without the biases": (
         "02_attention.ipynb", "n_attention_params = (64 * 3 * 64 + 3 * 64) + (64 * 64 + 64)\n",
         "n_attention_params = 64 * 3 * 64 + 64 * 64\n", "parameters of MultiHeadAttention(64, 8)"),
@@ -171,16 +199,27 @@ BUGS = {
     "frequencies over half the width": (
         "03_transformer_block.ipynb", "10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)",
         "10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float32) / (d_model // 2))", "my_sinusoidal"),
+    "layer norm with the unbiased variance": (
+        "03_transformer_block.ipynb", "var = x.var(dim=-1, keepdim=True, unbiased=False)", "var = x.var(dim=-1, keepdim=True)",
+        "my_layer_norm"),
     "one LayerNorm per block": (
-        "03_transformer_block.ipynb", "per_block = 2 * (2 * C) +", "per_block = (2 * C) +", "count_params"),
+        "03_transformer_block.ipynb", "cfg.n_layers * (2 * norm + attention + ffn)", "cfg.n_layers * (norm + attention + ffn)",
+        "count_params"),
     "the head counted even when tied": (
         "03_transformer_block.ipynb", "    if not cfg.tie_weights:\n        n += V * C", "    n += V * C", "count_params"),
-    "tying credited with both matrices": (
-        "03_transformer_block.ipynb", "tying_saves = 10000 * 512\n", "tying_saves = 2 * 10000 * 512\n",
-        "parameters saved by tying in the small preset"),
-    "tying credited with a width x width matrix": (
-        "03_transformer_block.ipynb", "tying_saves = 10000 * 512\n", "tying_saves = 512 * 512\n",
-        "parameters saved by tying in the small preset"),
+    "biases counted when there are none": (
+        "03_transformer_block.ipynb", "cfg.d_ff, int(cfg.bias)", "cfg.d_ff, 1", "count_params"),
+    "a position table counted for RoPE too": (
+        "03_transformer_block.ipynb", 'if cfg.pos_emb == "learned":', 'if cfg.pos_emb != "sinusoidal":', "count_params"),
+    "logits of the position before the changed token too": (
+        "03_transformer_block.ipynb", "logits = list(range(k, T))", "logits = list(range(max(k - 1, 0), T))",
+        "token_reach"),
+    "loss terms only where the input changed": (
+        "03_transformer_block.ipynb", "losses = list(range(max(k - 1, 0), T - 1))", "losses = list(range(k, T - 1))",
+        "token_reach"),
+    "loss terms taken as the logits' positions": (
+        "03_transformer_block.ipynb", "losses = list(range(max(k - 1, 0), T - 1))", "losses = list(range(k, T))",
+        "token_reach"),
     "a forward pass without the final LayerNorm": (
         "03_transformer_block.ipynb", "return model.lm_head(model.ln_f(x))  # (B, T, vocab_size)",
         "return model.lm_head(x)  # (B, T, vocab_size)", "gpt_forward"),
@@ -216,12 +255,14 @@ BUGS = {
     "bits per character multiplied by characters per token": (
         "04_training_loop.ipynb", "return loss_nats / math.log(2) / chars_per_token",
         "return loss_nats / math.log(2) * chars_per_token", "my_bits_per_char"),
-    "eps of half the gap": (
-        "05_mixed_precision.ipynb", "return 2.0**-mantissa_bits", "return 2.0**-(mantissa_bits + 1)",
-        "eps_from_mantissa"),
-    "eps of twice the gap": (
-        "05_mixed_precision.ipynb", "return 2.0**-mantissa_bits", "return 2.0**(1 - mantissa_bits)",
-        "eps_from_mantissa"),
+    "eps measured one halving too far": (
+        "05_mixed_precision.ipynb", "while one + gap / 2 != one:", "while one + gap != one:", "probe_format"),
+    "eps searched in float64 whatever the dtype": (
+        "05_mixed_precision.ipynb", "one = torch.tensor(1.0, dtype=dtype)\n    gap = 1.0",
+        "one = torch.tensor(1.0, dtype=torch.float64)\n    gap = 1.0", "probe_format"),
+    "exponent bits as the bits of the largest exponent": (
+        "05_mixed_precision.ipynb", "exponent_bits = round(math.log2(largest_exponent + 1)) + 1",
+        "exponent_bits = largest_exponent.bit_length()", "probe_format"),
     "bf16 sums taken as exact": (
         "05_mixed_precision.ipynb", "return (256.0, 260.0)", "return (257.0, 259.0)", "bf16_sums"),
     "bf16 sums rounded down": (
@@ -232,17 +273,29 @@ BUGS = {
     "underflow counting subnormals as lost": (
         "05_mixed_precision.ipynb", "return (nonzero.to(dtype) == 0).float().mean().item()",
         "return (nonzero.to(dtype).abs() < torch.finfo(dtype).tiny).float().mean().item()", "underflow_fraction"),
-    "the result cast to bf16 instead of the inputs": (
-        "05_mixed_precision.ipynb", '    with torch.autocast("cpu", dtype=torch.bfloat16):\n        return a @ b',
-        "    return (a @ b).bfloat16()", "matmul_in_bf16"),
-    "autocast to float16": (
-        "05_mixed_precision.ipynb", '    with torch.autocast("cpu", dtype=torch.bfloat16):\n        return a @ b',
-        '    with torch.autocast("cpu", dtype=torch.float16):\n        return a @ b', "matmul_in_bf16"),
-    "every activation in the autocast dtype": (
-        "05_mixed_precision.ipynb", "per_layer = 2 * B * T * C * 4 + (6 * B * T * C + 2 * B * T * F) * act",
-        "per_layer = (8 * B * T * C + 2 * B * T * F) * act", "my_activation_bytes"),
-    "logits in the autocast dtype": (
-        "05_mixed_precision.ipynb", "+ B * T * V * 4\n", "+ B * T * V * act\n", "my_activation_bytes"),
+    "mixed-precision step without autocast": (
+        "05_mixed_precision.ipynb", "enabled=dtype != torch.float32):\n        loss = lm_loss(model(x), y)  # forward",
+        "enabled=False):\n        loss = lm_loss(model(x), y)  # forward", "mixed_precision_step"),
+    "mixed-precision step autocasting to float16 whatever the dtype": (
+        "05_mixed_precision.ipynb", "dtype=dtype, enabled=dtype != torch.float32):\n        loss = lm_loss(model(x), y)  # forward",
+        "dtype=torch.float16, enabled=dtype != torch.float32):\n        loss = lm_loss(model(x), y)  # forward",
+        "mixed_precision_step"),
+    "mixed-precision step clipping the scaled gradients": (
+        "05_mixed_precision.ipynb", "    scaler.unscale_(optimizer)  # divide by S before clipping", "    # (no unscale_)",
+        "mixed_precision_step"),
+    "mixed-precision step that steps past the scaler": (
+        "05_mixed_precision.ipynb", "scaler.step(optimizer)  # skipped if a gradient is inf or NaN",
+        "optimizer.step()  # skipped if a gradient is inf or NaN", "mixed_precision_step"),
+    "saved tensors recorded as copies": (
+        "05_mixed_precision.ipynb", "        saved.append(t)\n", "        saved.append(t.clone())\n", "saved_tensors"),
+    "saved tensors recorded only when they require grad": (
+        "05_mixed_precision.ipynb", "        saved.append(t)\n", "        if t.requires_grad:\n            saved.append(t)\n",
+        "saved_tensors"),
+    "block bytes without the LayerNorm statistics and the log-sum-exp": (
+        "05_mixed_precision.ipynb", "float32 = 2 * B * T * C * 4 + 2 * 2 * B * T * 4 + B * H * T * 4",
+        "float32 = 2 * B * T * C * 4", "my_block_bytes"),
+    "block bytes with the residual stream in the autocast type": (
+        "05_mixed_precision.ipynb", "float32 = 2 * B * T * C * 4 + ", "float32 = 2 * B * T * C * act + ", "my_block_bytes"),
     "answer mask one target too far": (
         "08_custom_data.ipynb", "y[: prompt_len - 1] = ignore_index", "y[:prompt_len] = ignore_index",
         "my_make_example"),
@@ -300,6 +353,24 @@ BUGS = {
     "temperature applied as a product, not a division": (
         "07_sampling.ipynb", "return (logits / temperature).softmax(dim=-1)", "return (logits * temperature).softmax(dim=-1)",
         "probs_at_temperature"),
+    "online-softmax merge without rescaling": (
+        "11_systems.ipynb", "return m, alpha * l_a + beta * l_b, alpha[..., None] * acc_a + beta[..., None] * acc_b",
+        "return m, l_a + l_b, acc_a + acc_b", "my_merge_tiles"),
+    "online-softmax merge rescaling the values but not the sums": (
+        "11_systems.ipynb", "return m, alpha * l_a + beta * l_b, alpha[..., None] * acc_a + beta[..., None] * acc_b",
+        "return m, l_a + l_b, alpha[..., None] * acc_a + beta[..., None] * acc_b", "my_merge_tiles"),
+    "online-softmax merge with the exponents' sign flipped": (
+        "11_systems.ipynb", "alpha, beta = torch.exp(m_a - m), torch.exp(m_b - m)",
+        "alpha, beta = torch.exp(m - m_a), torch.exp(m - m_b)", "my_merge_tiles"),
+    "flash forward whose causal mask hides the diagonal": (
+        "11_systems.ipynb", "future = torch.arange(j, j_end) > torch.arange(i, i_end)[:, None]",
+        "future = torch.arange(j, j_end) >= torch.arange(i, i_end)[:, None]", "my_flash_forward"),
+    "flash forward skipping the diagonal key block": (
+        "11_systems.ipynb", "for j in range(0, i_end if causal else T, block_size):",
+        "for j in range(0, i if causal else T, block_size):", "my_flash_forward"),
+    "flash forward with a log-sum-exp that forgets the maximum": (
+        "11_systems.ipynb", "lse[..., i:i_end] = m + torch.log(l)", "lse[..., i:i_end] = torch.log(l)",
+        "my_flash_forward"),
 }
 
 
@@ -423,6 +494,26 @@ def test_the_06_check_cells_pass_with_the_solutions(monkeypatch, capsys):
     assert run_cells_with_sources([cells[0], cells[ring], cells[ring + 1], cells[overlap], cells[overlap + 1]]) is None
     out = capsys.readouterr().out
     assert "✓ correct: bytes each rank sent" in out and "✓ correct: your overlapped wrapper on 2 ranks" in out, out
+
+
+ZERO_BUGS = {  # chapter 11's ZeRO-1 step, run on 2 processes: bug -> (old, new)
+    "ZeRO-1 step without the all-gather": ("    dist.all_gather(pieces, pieces[self.rank].clone())\n", ""),
+    "ZeRO-1 step where every rank updates the first shard": (
+        "mine = slice(self.rank * self.shard, (self.rank + 1) * self.shard)", "mine = slice(0, self.shard)"),
+}
+
+
+@pytest.mark.parametrize("bug", list(ZERO_BUGS))
+def test_the_11_zero_check_catches_a_planted_bug_on_real_processes(bug, monkeypatch, capsys):
+    old, new = ZERO_BUGS[bug]
+    monkeypatch.setenv(STRICT_ENV, "1")
+    cells = code_cells("11_systems.ipynb")
+    planted, at = plant(cells, old, new)
+    assert "def zero_step(" in planted[at]
+    failure = run_cells_with_sources([planted[0], planted[at], planted[at + 1]])
+    assert failure is not None and failure[0] == 2, f"{bug}: the check printed ✓ ({failure})"
+    assert isinstance(failure[1], CheckFailed), repr(failure[1])
+    assert str(failure[1]).startswith("✗ rank 0's parameters after 3 ZeRO-1 steps"), str(failure[1])[:300]
 
 
 def test_every_exercise_of_chapters_01_to_05_has_two_planted_bugs():

@@ -219,6 +219,11 @@ PLANTED = {
                                                "    for block in model.blocks:\n"
                                                "        x, _ = block(x)\n"
                                                "    return model.lm_head(x)\n",
+        "forward without the embedding dropout": "def gpt_forward(model, idx):\n"
+                                                 "    x = model.tok_emb(idx) + model.pos_emb(torch.arange(idx.size(1)))\n"
+                                                 "    for block in model.blocks:\n"
+                                                 "        x, _ = block(x)\n"
+                                                 "    return model.lm_head(model.ln_f(x))\n",
     }),
     "05_mixed_precision.ipynb": ("your mixed-precision step inside a bf16 Trainer", {
         "the forward pass in float32 (no autocast)": MIXED_STEP.format(dtype="dtype", enabled="False"),

@@ -355,10 +355,10 @@ def test_explorer_buttons_and_sliders(tok):
     ex.temperature.value = 0.0
     ex.prompt.value = "All:"
     ex.button.click()
-    assert ex.text.value == generate(model, tok, "All:", 15, temperature=0, seed=0)
+    assert ex.sample == generate(model, tok, "All:", 15, temperature=0, seed=0)
     ex.temperature.value, ex.top_k.value, ex.top_p.value, ex.min_p.value = 1.2, 5, 0.9, 0.05
     ex.button.click()
-    assert ex.text.value == generate(model, tok, "All:", 15, temperature=1.2, top_k=5, top_p=0.9, min_p=0.05, seed=0)
+    assert ex.sample == generate(model, tok, "All:", 15, temperature=1.2, top_k=5, top_p=0.9, min_p=0.05, seed=0)
     assert "top-k=5" in ex.figure().axes[0].get_title()  # the chart follows the sliders
 
 
@@ -524,7 +524,7 @@ def test_explorer_penalty_slider_and_static_grid(tok, capsys):
     ex = SamplingExplorer(model, tok, prompt="All:", max_new_tokens=12)
     ex.temperature.value, ex.repetition_penalty.value = 0.0, 1.8
     ex.button.click()
-    assert ex.text.value == generate(model, tok, "All:", 12, temperature=0, repetition_penalty=1.8, seed=0)
+    assert ex.sample == generate(model, tok, "All:", 12, temperature=0, repetition_penalty=1.8, seed=0)
     assert "penalty=1.8" in ex.figure().axes[0].get_title()
     grid = [dict(temperature=0.5), dict(temperature=1.5, min_p=0.1)]
     assert len([a for a in ex.figure(grid).axes if a.axison]) == 2

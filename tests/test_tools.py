@@ -231,6 +231,55 @@ def test_notebook_has_no_widget_state_or_machine_paths(path: str):
         assert "#| export" not in text and "#| default_exp" not in text
 
 
+# Widget repr text in a committed output is what GitHub shows instead of the explorer.
+WIDGET_REPR = re.compile(r"\b(interactive|VBox|HBox|Box|IntSlider|FloatSlider|Output)\(children=|\binteractive\(")
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for f in ("notebooks", "solutions", "exercises")
+                                        for p in (ROOT / f).glob("*.ipynb")))
+def test_committed_outputs_show_no_widget_repr(path: str):
+    nb = json.loads((ROOT / path).read_text(encoding="utf-8"))
+    found = [number for number, cell in enumerate(nb["cells"], start=1)
+             if WIDGET_REPR.search(json.dumps(cell.get("outputs", [])))]
+    assert not found, f"{path}, cell(s) {found}: an output shows widget repr text; use explorer.show()"
+
+
+def test_a_jupyterlab_save_is_cleaned_and_the_hook_installs(tmp_path):
+    """What JupyterLab writes on save (kernel metadata, widget state and views, timings) is what
+    nbclean removes; --install-hook registers the pre-save hook that does it as JupyterLab saves."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import nbclean
+    finally:
+        sys.path.pop(0)
+    saved = {"cells": [{"cell_type": "code", "execution_count": 3, "id": "a", "source": "explorer.show()",
+                        "metadata": {"execution": {"iopub.execute_input": "2026-01-01T00:00:00"}, "tags": ["x"]},
+                        "outputs": [{"output_type": "display_data", "metadata": {},
+                                     "data": {"text/plain": "VBox(children=(IntSlider(value=1),))",
+                                              "application/vnd.jupyter.widget-view+json":
+                                              {"model_id": "m", "version_major": 2, "version_minor": 0}}},
+                                    {"output_type": "stream", "name": "stdout", "text": "kept\n"}]}],
+             "metadata": {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+                          "language_info": {"codemirror_mode": {"name": "ipython", "version": 3}, "name": "python",
+                                            "version": "3.11.7"},
+                          "widgets": {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2}}},
+             "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "saved.ipynb"
+    path.write_text(json.dumps(saved, indent=1), encoding="utf-8")
+    assert run("nbclean.py", "--check", str(path)).returncode == 1
+    assert run("nbclean.py", str(path)).returncode == 0
+    assert run("nbclean.py", "--check", str(path)).returncode == 0
+    cleaned = json.loads(path.read_text(encoding="utf-8"))
+    assert cleaned["cells"][0]["outputs"] == [saved["cells"][0]["outputs"][1]]
+    assert cleaned["cells"][0]["metadata"] == {"tags": ["x"]} and "widgets" not in cleaned["metadata"]
+    config = tmp_path / "etc" / "jupyter" / "jupyter_server_config.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps({"ServerApp": {"port": 8899}}), encoding="utf-8")
+    assert nbclean.install_hook(tmp_path) == config
+    assert json.loads(config.read_text()) == {"ServerApp": {"port": 8899},
+                                              "ContentsManager": {"pre_save_hook": nbclean.HOOK}}
+
+
 def test_ruff_is_clean():
     # ruff is installed beside the interpreter (the venv's bin/ or Scripts\), which need not be on PATH
     ruff = shutil.which("ruff", path=os.path.dirname(sys.executable)) or shutil.which("ruff")

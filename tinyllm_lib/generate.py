@@ -752,24 +752,31 @@ class CompiledStep:
 
 
 def widgets_live() -> bool:
-    """Can widgets render here? ipywidgets is installed and a Jupyter server (JupyterLab, Notebook)
-    or VS Code started this kernel, or it runs in Google Colab. nbconvert and nbval run notebooks
-    with no front end at all."""
-    try:
-        import ipywidgets  # noqa: F401
-    except ImportError:
-        return False
-    if "google.colab" in sys.modules:
-        return True
-    return any(k in os.environ for k in ("JPY_SESSION_NAME", "VSCODE_PID", "VSCODE_CWD"))
+    """Can live widgets draw here (JupyterLab or Notebook 7 with the widget extension, VS Code, Colab)?
+    The course's explorer toolkit decides, for all its explorers: see `tinyllm_lib.explorer.widgets_live`."""
+    from tinyllm_lib.explorer import widgets_live as live
+
+    return live()
+
+
+def visible_text(text: str) -> str:
+    """Whitespace made visible, so a sample of newlines or spaces does not look empty.
+
+    >>> visible_text("a\\n\\nb ")
+    'a↵\\n↵\\nb·'
+    """
+    kept = text.rstrip(" ")
+    return kept.replace("\n", "↵\n").replace("\t", "⇥") + "·" * (len(text) - len(kept))
 
 
 class SamplingExplorer:
     """Sliders for temperature, top-k, top-p, min-p and the repetition penalty, a prompt box and a
     Generate button; shows the next-token distribution under those settings and a sample written with them.
+    The chart follows the sliders and the prompt (when the prompt box loses focus); the sample is
+    written by Generate, shown as selectable text with its newlines marked ↵.
 
     Built from Python, so it can be driven without a browser:
-    `ex = SamplingExplorer(model, tok); ex.temperature.value = 0; ex.button.click(); ex.text.value`.
+    `ex = SamplingExplorer(model, tok); ex.temperature.value = 0; ex.button.click(); ex.sample`.
     """
 
     def __init__(self, model: GPT, tokenizer: BPETokenizer, prompt: str = "ROMEO:", max_new_tokens: int = 120,
@@ -777,26 +784,33 @@ class SamplingExplorer:
         import ipywidgets as w
 
         self.model, self.tokenizer, self.max_new_tokens, self.seed = model, tokenizer, max_new_tokens, seed
-        style = {"description_width": "110px"}
-        self.temperature = w.FloatSlider(value=0.8, min=0.0, max=2.0, step=0.05, description="temperature", style=style)
+        style = {"description_width": "95px"}
+        box = w.Layout(width="310px")  # three columns fit a 1024-px window with the file browser open; else they wrap
+        self.temperature = w.FloatSlider(value=0.8, min=0.0, max=2.0, step=0.05, description="temperature",
+                                         style=style, layout=box)
         self.top_k = w.IntSlider(value=0, min=0, max=min(200, tokenizer.vocab_size), description="top-k (0 = off)",
-                                 style=style)
-        self.top_p = w.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p", style=style)
-        self.min_p = w.FloatSlider(value=0.0, min=0.0, max=0.5, step=0.01, description="min-p", style=style)
+                                 style=style, layout=box)
+        self.top_p = w.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p", style=style,
+                                   layout=box)
+        self.min_p = w.FloatSlider(value=0.0, min=0.0, max=0.5, step=0.01, description="min-p", style=style,
+                                   layout=box)
         self.repetition_penalty = w.FloatSlider(value=1.0, min=0.5, max=2.0, step=0.05, description="rep. penalty",
-                                                style=style)
-        self.prompt = w.Textarea(value=prompt, description="prompt", style=style, layout=w.Layout(width="600px"))
+                                                style=style, layout=box)
+        self.prompt = w.Textarea(value=prompt, description="prompt", style=style, continuous_update=False,
+                                 layout=w.Layout(width="100%", max_width="760px"))
         self.button = w.Button(description="Generate", button_style="primary")
         self.chart = w.Output()
-        self.text = w.Textarea(value="", description="sample", style=style, disabled=True,
-                               layout=w.Layout(width="800px", height="160px"))
+        self.sample = ""  # the last sample, as written
+        self.text = w.HTML(layout=w.Layout(width="100%", max_width="760px"))  # selectable, never greyed out
         self.button.on_click(lambda _: self.update())
-        for slider in (self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty):
-            slider.observe(lambda _: self.draw(), names="value")  # the chart follows the sliders live
-        self.widget = w.VBox([self.prompt, w.HBox([w.VBox([self.temperature, self.top_k]),
-                                                   w.VBox([self.top_p, self.min_p]),
-                                                   w.VBox([self.repetition_penalty])]),
+        for control in (self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty):
+            control.observe(lambda _: self.draw(), names="value")  # the chart follows the sliders live
+        self.prompt.observe(lambda _: self.prompt_changed(), names="value")
+        self.widget = w.VBox([self.prompt,
+                              w.Box([self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty],
+                                    layout=w.Layout(display="flex", flex_flow="row wrap")),
                               self.button, self.chart, self.text])
+        self.show_sample(None)
 
     def settings(self) -> dict:
         return dict(temperature=self.temperature.value, top_k=self.top_k.value or None, top_p=self.top_p.value,
@@ -809,7 +823,7 @@ class SamplingExplorer:
         grid = list(grid) if grid else [self.settings()]
         cols = min(len(grid), 3)
         rows = -(-len(grid) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(9 if cols == 1 else 5 * cols, 3.4 * rows), squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(7.5 if cols == 1 else 5 * cols, 3.4 * rows), squeeze=False)
         logits = next_token_logits(self.model, self.tokenizer, self.prompt.value)
         seen = torch.zeros(1, logits.numel(), dtype=torch.bool)  # the prompt's tokens, for the penalty
         seen[0, _prompt_ids(self.tokenizer, self.prompt.value)] = True
@@ -825,20 +839,37 @@ class SamplingExplorer:
         return fig
 
     def draw(self) -> None:
-        import matplotlib.pyplot as plt
-        from IPython.display import clear_output, display
+        from tinyllm_lib.explorer import redraw
 
-        fig = self.figure()
-        with self.chart:
-            clear_output(wait=True)
-            display(fig)
-        plt.close(fig)
+        redraw(self.chart, self.figure())
+
+    def show_sample(self, sample: str | None, note: str = "") -> None:
+        """Write the sample box: the prompt in grey, the sample with visible newlines (↵)."""
+        import html
+
+        if sample is None:
+            body = "<i>press Generate for a sample with these settings</i>"
+        else:
+            body = (f"<span style='color:#777'>{html.escape(visible_text(self.prompt.value))}</span>"
+                    f"{html.escape(visible_text(sample))}")
+            if not sample.strip():
+                body += f"<br><i>(the sample is {len(sample)} whitespace character(s) only: {sample.count(chr(10))} " \
+                        f"newline(s), marked ↵)</i>"
+        note = f"<div style='color:#a60'>{html.escape(note)}</div>" if note else ""
+        self.text.value = (f"{note}<pre style='white-space:pre-wrap; user-select:text; margin:0; padding:6px; "
+                           f"border:1px solid #ccc; max-height:14em; overflow:auto'>{body}</pre>")
+
+    def prompt_changed(self) -> None:
+        self.draw()
+        if self.sample:
+            self.show_sample(self.sample, note="the prompt changed: press Generate for a sample that continues it")
 
     def update(self) -> None:
         """What the Generate button does: redraw the chart and write a sample."""
         self.draw()
-        self.text.value = generate(self.model, self.tokenizer, self.prompt.value, self.max_new_tokens,
-                                   seed=self.seed, **self.settings())
+        self.sample = generate(self.model, self.tokenizer, self.prompt.value, self.max_new_tokens,
+                               seed=self.seed, **self.settings())
+        self.show_sample(self.sample)
 
     STATIC_GRID = (dict(temperature=0.8), dict(temperature=0.8, top_k=5), dict(temperature=1.0, top_p=0.7),
                    dict(temperature=1.5), dict(temperature=1.5, min_p=0.1), dict(temperature=0.8, repetition_penalty=1.5))
@@ -851,12 +882,16 @@ class SamplingExplorer:
 
         if static is None:
             static = not widgets_live()
+            if static:
+                print("(No live widget front end here, e.g. on GitHub or under nbconvert: this is the static view. "
+                      "Open the notebook in JupyterLab, Notebook 7, VS Code or Colab to move the sliders.)")
         if not static:
             self.update()
             display(self.widget)
             return
-        print("No live Jupyter front end here, so this is the explorer's static view: what the sliders show\n"
-              "for a few settings. Open the notebook in JupyterLab (or Colab) to move them, or call .show(static=False).")
+        print(f"Static view of the sampling explorer: the next-token distribution after {self.prompt.value!r} and a "
+              f"sample of {self.max_new_tokens} tokens (seed {self.seed}) for each of these {len(grid)} settings, "
+              f"not the sliders' current position (settings not named keep their defaults: no filter, no penalty).")
         fig = self.figure(grid)
         display(fig)
         plt.close(fig)

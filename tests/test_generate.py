@@ -10,12 +10,12 @@ import torch
 
 from tinyllm_lib.checkpoint import CHECKPOINT_VERSION, CheckpointError, save_checkpoint
 from tinyllm_lib.generate import (
-    CompiledStep,
     Decoder,
     KVCache,
     SamplingExplorer,
     apply_repetition_penalty,
     cached_forward,
+    compiled_step,
     check_sampling_args,
     filter_logits,
     generate,
@@ -223,7 +223,7 @@ def test_compiled_step_equals_the_eager_step_with_padding_and_a_sliding_window()
     assert generate_ids(model, prompts, 40, temperature=0, compile=True) == eager
     # the logits themselves, step by step, against cached_forward on a copy of the same cache
     idx, pad = torch.tensor([[3, 4, 5, 6], [0, 0, 9, 8], [0, 10, 11, 12]]), torch.tensor([0, 2, 1])
-    compiled, eager_cache, cache = CompiledStep(), KVCache(model.config, 3), KVCache(model.config, 3)
+    compiled, eager_cache, cache = compiled_step(model), KVCache(model.config, 3), KVCache(model.config, 3)
     with torch.no_grad():
         for c in (cache, eager_cache):
             c.reset(pad)
@@ -235,6 +235,21 @@ def test_compiled_step_equals_the_eager_step_with_padding_and_a_sliding_window()
             assert cache.length == eager_cache.length
     with pytest.raises(ValueError, match="use_cache"):
         generate_ids(model, [1], 3, compile=True, use_cache=False)
+
+
+def test_a_compiled_step_is_reused_until_the_weights_change():
+    model = tiny_model(context=16, seed=5)
+    first = compiled_step(model)
+    assert compiled_step(model) is first  # compiled once per model
+    before = generate_ids(model, [[1, 2]], 10, temperature=0, compile=True)
+    noise = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():  # new weights in the same tensors, as an optimizer step writes them
+            p.add_(torch.randn(p.shape, generator=noise) * 0.3)
+    assert compiled_step(model) is not first  # frozen weights would be stale: compiled again
+    after_eager = generate_ids(model, [[1, 2]], 10, temperature=0)
+    assert after_eager != before  # the change matters to the text, so the next line can fail
+    assert generate_ids(model, [[1, 2]], 10, temperature=0, compile=True) == after_eager
 
 
 def test_cache_memory_formula():

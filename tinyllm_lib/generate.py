@@ -27,6 +27,8 @@ import math
 import os
 import sys
 import time
+import types
+import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
 
@@ -375,8 +377,8 @@ class Decoder:
     cache holds context_length positions; once the text is longer, the window slides: every position
     shifts by one and every layer's keys change, so the window is recomputed from scratch (exactly
     what the uncached model computes). Without the cache, every step recomputes the window.
-    With `compile=True` (and the cache), each one-token step runs `CompiledStep` instead of
-    `cached_forward` (section 12: the same numbers, less time between the layers).
+    With `compile=True` (and the cache), each one-token step runs the model's `CompiledStep` instead of
+    `cached_forward` (section 12: the same numbers up to rounding, far less time per token).
     """
 
     def __init__(self, model: GPT, ids, lengths=None, max_new_tokens: int = 0, temperature: float = 1.0,
@@ -399,7 +401,7 @@ class Decoder:
         self.cache = KVCache(model.config, B, device=param.device, dtype=param.dtype) if use_cache else None
         if compile and not use_cache:
             raise ValueError("compile=True needs use_cache=True: the compiled step is a cached step")
-        self.compiled = CompiledStep() if compile else None
+        self.compiled = compiled_step(model) if compile else None
         self.generator = None
         if seed is not None:  # a private generator: same seed, same text, whatever else uses torch's RNG
             self.generator = torch.Generator(device=param.device).manual_seed(seed)
@@ -697,7 +699,7 @@ def static_cached_step(model: GPT, idx: torch.Tensor, slot: torch.Tensor, pad: t
     """`cached_forward` for one new token with every shape fixed, so that one compiled graph serves
     every step: idx (B, 1) the new tokens, slot (1,) their cache slot, pad (B,) padding slots per row,
     keys / values one (B, nh, max_len, hd) tensor per layer, written in place. Attention reads all
-    max_len slots; a mask hides the empty ones and the padding. Returns the logits (B, V)."""
+    max_len slots; a mask hides the empty ones and the padding. Returns the logits (B, V), in fp32."""
     cfg = model.config
     pos = (slot - pad).clamp(min=0)  # (B,): each row counts from its first real token
     x = model.tok_emb(idx)  # (B, 1, C)
@@ -726,29 +728,60 @@ def static_cached_step(model: GPT, idx: torch.Tensor, slot: torch.Tensor, pad: t
         else:
             x = block.ln1(x + a)
             x = block.ln2(x + block.ffn(x))
-    return model.lm_head(model.ln_f(x))[:, -1]  # (B, V)
+    return model.lm_head(model.ln_f(x))[:, -1].float()  # (B, V), in fp32 for the sampler: cheaper to scan
 
 
 class CompiledStep:
-    """`static_cached_step` compiled by `torch.compile`: call it as `step(model, idx (B, 1), cache)`; it
-    returns the logits (B, V) and advances the cache by one slot, like `cached_forward`. The first call
-    compiles (a C++ compiler on a CPU, Triton on a GPU); later calls skip the re-checking of the
-    graph's assumptions (its guards), which for one decoder never change (same model, shapes, dtypes)."""
+    """`static_cached_step` compiled for one model: `step(model, idx (B, 1), cache)` returns the logits
+    (B, V) and advances the cache by one slot, like `cached_forward`. Get one with `compiled_step(model)`.
+
+    The first call compiles. On a CPU the compiler may *freeze* the weights: it treats them as constants
+    and stores each matrix pre-packed in the layout its matrix-vector kernel reads fastest (for bf16 this is
+    what makes the CPU's bf16 units pay), and it times several kernels for each product and keeps the
+    fastest (max-autotune). Later calls with the same cache skip the re-checking of the graph's
+    assumptions (its guards): for one cache, the shapes and dtypes never change."""
 
     def __init__(self):
-        self.fn = torch.compile(static_cached_step, fullgraph=True, dynamic=False)
-        self.checked = False
+        # A fresh copy of the function's code object: torch.compile keeps its graphs on the code object,
+        # and these graphs hold one model's frozen weights, which no other CompiledStep may reuse.
+        code = static_cached_step.__code__.replace()
+        fn = types.FunctionType(code, static_cached_step.__globals__, "static_cached_step")
+        self.fn = torch.compile(fn, fullgraph=True, dynamic=False)
+        self.cache, self.inputs = None, None  # a weak reference to the cache of the last call, and its inputs
 
     def __call__(self, model: GPT, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        slot = torch.tensor([cache.length], device=idx.device)
-        args = (model, idx, slot, cache.pad, cache.k.unbind(0), cache.v.unbind(0))  # per-layer views
-        if self.checked:
+        if self.cache is not None and self.cache() is cache:  # the same cache: the guards held last time
+            slot, new, keys, values = self.inputs
+            slot.fill_(cache.length)  # in place: no new tensors per token
+            new.copy_(idx)
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                logits = self.fn(*args)
-        else:
-            logits, self.checked = self.fn(*args), True
+                logits = self.fn(model, new, slot, cache.pad, keys, values)
+        else:  # a new cache: check the guards (and compile, the first time or for new shapes)
+            # A fresh (B, 1) tensor: a column sliced from a decoder's token table has that table's strides,
+            # which differ from one decoder to the next, and the graph would be compiled again for each.
+            new = torch.empty(idx.shape, dtype=idx.dtype, device=idx.device).copy_(idx)
+            slot = torch.tensor([cache.length], device=idx.device)
+            keys, values = cache.k.unbind(0), cache.v.unbind(0)  # per-layer (B, nh, max_len, hd) views
+            cpu = idx.device.type == "cpu"
+            with torch._inductor.config.patch(freezing=True, max_autotune=True, autotune_num_choices_displayed=0,
+                                              **({"max_autotune_gemm_backends": "CPP,ATEN"} if cpu else {})):
+                logits = self.fn(model, new, slot, cache.pad, keys, values)
+            self.cache, self.inputs = weakref.ref(cache), (slot, new, keys, values)
         cache.length += 1
         return logits
+
+
+_COMPILED = weakref.WeakKeyDictionary()  # model -> (its parameters' versions when compiled, its CompiledStep)
+
+
+def compiled_step(model: GPT) -> CompiledStep:
+    """The model's CompiledStep, compiled once and reused, until its weights change: an optimizer step
+    or a load_state_dict bumps each tensor's version counter, and frozen weights would then be stale."""
+    versions = tuple(p._version for p in model.parameters())
+    known = _COMPILED.get(model)
+    if known is None or known[0] != versions:
+        known = _COMPILED[model] = (versions, CompiledStep())
+    return known[1]
 
 
 def widgets_live() -> bool:

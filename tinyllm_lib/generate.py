@@ -28,6 +28,7 @@ import os
 import sys
 import time
 import types
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -763,8 +764,11 @@ class CompiledStep:
             slot = torch.tensor([cache.length], device=idx.device)
             keys, values = cache.k.unbind(0), cache.v.unbind(0)  # per-layer (B, nh, max_len, hd) views
             cpu = idx.device.type == "cpu"
-            with torch._inductor.config.patch(freezing=True, max_autotune=True, autotune_num_choices_displayed=0,
-                                              **({"max_autotune_gemm_backends": "CPP,ATEN"} if cpu else {})):
+            quiet = dict(autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False)
+            with torch._inductor.config.patch(freezing=True, max_autotune=True, **quiet,
+                                              **({"max_autotune_gemm_backends": "CPP,ATEN"} if cpu else {})), \
+                    warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # inside the autotuner
                 logits = self.fn(model, new, slot, cache.pad, keys, values)
             self.cache, self.inputs = weakref.ref(cache), (slot, new, keys, values)
         cache.length += 1

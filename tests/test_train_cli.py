@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tinyllm_lib.checkpoint import load_checkpoint
+from tinyllm_lib.model import GPT, GPTConfig
 from tinyllm_lib.tokenizer import BPETokenizer
 from tinyllm_lib.train import main
 
@@ -174,6 +175,41 @@ def test_two_processes_under_torchrun(run_dir):
     assert state["step"] == 3 and len(state["rng"]) == 2  # one random state per rank
     assert not torch.equal(state["rng"][0]["sampler"], state["rng"][1]["sampler"])  # different batches
     assert done.stdout.count("done: validation") == 1  # rank 0 reports, rank 1 stays quiet
+
+
+def test_fsdp_trains_checkpoints_and_resumes_like_ddp(run_dir):
+    """--fsdp (FSDP2, chapter 11) on 2 CPU processes: the same loss curve as DDP, step for step, through
+    an evaluation, a checkpoint and a resume (with gradient accumulation); the checkpoint holds full
+    tensors, so one process can load it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "tinyllm_lib.train"]
+    curves = {}
+    for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
+        first = args(run_dir, "--max_iters", "6", "--eval_interval", "3", "--grad_accumulation_steps", "2",
+                     *extra, out=name)
+        resume = ["--data", str(run_dir / "play.txt"), "--out_dir", str(run_dir / name), "--cache_dir",
+                  str(run_dir / "cache"), "--device", "cpu", "--resume", "--max_iters", "9", *extra]
+        for argv in (first, resume):
+            done = subprocess.run([*torchrun, *argv], capture_output=True, text=True, timeout=300, env=env)
+            assert done.returncode == 0, done.stderr[-3000:]
+        records = [json.loads(line) for line in (run_dir / name / "metrics.jsonl").read_text().splitlines()]
+        curves[name] = [(r["step"], r.get("loss", r.get("val_loss"))) for r in records]
+    assert [s for s, _ in curves["fsdp"]] == [s for s, _ in curves["ddp"]] and curves["ddp"][-1][0] == 9
+    for (_, a), (_, b) in zip(curves["ddp"], curves["fsdp"]):
+        assert b == pytest.approx(a, abs=1e-4)
+    state = load_checkpoint(run_dir / "fsdp" / "latest.pt")
+    assert state["step"] == 9 and state["train_config"]["fsdp"] and state["optimizer"]["state"]
+    model = GPT(GPTConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])  # plain tensors, the model's own names
+
+
+def test_fsdp_outside_torchrun_or_with_compile_is_refused(run_dir, capsys):
+    assert main(args(run_dir, "--max_iters", "2", "--fsdp")) == 2
+    assert "--fsdp shards the model across processes: run it under torchrun" in capsys.readouterr().err
+    assert main(args(run_dir, "--max_iters", "2", "--fsdp", "--compile", out="other")) == 2
+    assert "--fsdp with --compile is not supported" in capsys.readouterr().err
+    assert not (run_dir / "out").exists() and not (run_dir / "other").exists()
 
 
 def test_warmup_not_given_shrinks_to_a_tenth_of_a_short_run(run_dir, capsys):

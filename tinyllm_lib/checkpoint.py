@@ -112,10 +112,21 @@ def set_rng_state(state: dict, sampler: torch.Generator, device: torch.device | 
 def trainer_state(trainer) -> dict:
     """Everything a `Trainer` needs to resume exactly: plain tensors, numbers, strings (weights_only=True loads it)."""
     rng = trainer.dist.gather(rng_state(trainer.sampler, trainer.device))  # one entry per rank: its own streams
+    if trainer.cfg.fsdp:  # each rank holds shards: gather the full tensors (every rank takes part)
+        from torch.distributed.checkpoint import state_dict as dcp
+
+        full = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = dcp.get_model_state_dict(trainer.raw_model, options=full)
+        # With no AdamW state yet (before the first step), torch would create it by taking a step with
+        # zero gradients, which advances AdamW's step count and changes every later update: save nothing.
+        optim_state = (dcp.get_optimizer_state_dict(trainer.raw_model, trainer.optimizer, options=full)
+                       if trainer.optimizer.state else {})
+    else:
+        model_state, optim_state = trainer.raw_model.state_dict(), trainer.optimizer.state_dict()
     return {
         "version": CHECKPOINT_VERSION,
-        "model": trainer.raw_model.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
+        "model": model_state,
+        "optimizer": optim_state,
         "scaler": trainer.scaler.state_dict(),
         "model_config": asdict(trainer.model_cfg),
         "train_config": asdict(trainer.cfg),
@@ -139,8 +150,16 @@ def restore_trainer(trainer, state: dict, source: str = "checkpoint") -> None:
     if json.dumps(state["tokenizer"], sort_keys=True) != json.dumps(trainer.data.tokenizer.to_dict(), sort_keys=True):
         raise CheckpointError(f"{source}: its tokenizer differs from the one built from --data and "
                               f"--vocab_size; resume with the data and vocabulary it was trained on")
-    trainer.raw_model.load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.cfg.fsdp:  # every rank read the full file: each keeps its own shards of it
+        from torch.distributed.checkpoint import state_dict as dcp
+
+        full = dcp.StateDictOptions(full_state_dict=True)
+        dcp.set_model_state_dict(trainer.raw_model, state["model"], options=full)
+        if state["optimizer"]:  # empty when saved before the first step
+            dcp.set_optimizer_state_dict(trainer.raw_model, trainer.optimizer, state["optimizer"], options=full)
+    else:
+        trainer.raw_model.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
     if state["scaler"] and trainer.scaler.is_enabled():  # fp16 then and now; another dtype starts afresh
         trainer.scaler.load_state_dict(state["scaler"])
     trainer.step = trainer.last_eval_step = state["step"]

@@ -130,6 +130,7 @@ FLAG_HELP = {
     "eval_interval": "evaluate and checkpoint every N steps", "eval_iters": "batches per evaluation",
     "log_interval": "log every N steps", "dtype": "auto | float32 | bfloat16 | float16 (chapter 05)",
     "seed": "random seed", "compile": "torch.compile the model",
+    "fsdp": "shard the model, its gradients and AdamW state across torchrun's processes (FSDP, chapter 11)",
     "activation": "the FFN's activation", "pos_emb": "positions: sinusoidal, learned or rope",
     "norm_type": "layernorm or rmsnorm",
 }

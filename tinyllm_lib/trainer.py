@@ -112,6 +112,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     seed: int = 1337
     compile: bool = False
+    fsdp: bool = False  # shard weights, gradients and AdamW state across torchrun's processes (chapter 11)
     out_dir: str = "checkpoints"
 
     def __post_init__(self):
@@ -133,6 +134,8 @@ class TrainConfig:
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError(f"--beta1 and --beta2 must be in [0, 1) (got {self.beta1}, {self.beta2})")
         dtype_name(self.dtype)  # raises on an unknown name
+        if self.fsdp and self.compile:
+            raise ValueError("--fsdp with --compile is not supported here: choose one")
 
 
 class Trainer:
@@ -160,6 +163,16 @@ class Trainer:
         self.sampler = torch.Generator().manual_seed(seed)
         self.get_batch = getattr(data, "get_batch", get_batch)  # question-answer data (chapter 08) draws padded pairs
         self.raw_model = GPT(model_cfg).to(self.device)
+        if cfg.fsdp:  # before the optimizer: sharding replaces every parameter by its shard (chapter 11)
+            if self.dist.world_size == 1:
+                raise ValueError("--fsdp shards the model across processes: run it under torchrun "
+                                 "(e.g. torchrun --nproc_per_node=2 -m tinyllm_lib.train --fsdp ...)")
+            from tinyllm_lib.systems import fsdp_wrap
+
+            with torch.no_grad():  # rank 0's initial weights everywhere, as DDP does, then keep a shard of them
+                for tensor in self.raw_model.state_dict().values():
+                    torch.distributed.broadcast(tensor, src=0)
+            fsdp_wrap(self.raw_model)
         self.optimizer = configure_optimizer(self.raw_model, cfg.lr, cfg.weight_decay,
                                              (cfg.beta1, cfg.beta2), self.device.type)
         # fp16 only: its 5 exponent bits underflow small gradients, so the loss is scaled up first.
@@ -167,7 +180,8 @@ class Trainer:
                                            enabled=self.dtype == torch.float16)
         self.model = torch.compile(self.raw_model) if cfg.compile else self.raw_model
         self.eval_model = self.model  # evaluation skips DDP's gradient hooks
-        self.model = self.dist.wrap(self.model, self.device)  # DDP under torchrun (chapter 06)
+        if not cfg.fsdp:
+            self.model = self.dist.wrap(self.model, self.device)  # DDP under torchrun (chapter 06)
         self.step = 0
         self.best_val_loss = math.inf
         self.last_eval_step = -1
@@ -206,13 +220,17 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for micro, (x, y) in enumerate(batches):
             # Under DDP, average gradients across processes only once, on the last micro-batch.
-            with self.dist.no_sync(self.model, sync=micro == k - 1):
+            if cfg.fsdp:  # FSDP's own switch: reduce-scatter the gradients only after the last micro-batch
+                self.raw_model.set_requires_gradient_sync(micro == k - 1)
+            with self.dist.no_sync(self.model, sync=micro == k - 1 or cfg.fsdp):
                 with autocast(self.device, self.dtype):
                     loss = lm_loss(self.model(x), y, reduction="sum")  # (B, T, vocab) logits -> scalar
                 self.scaler.scale(loss * scale).backward()
             loss_sum += loss.detach()
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip or math.inf)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor, already the global norm on every rank
+            grad_norm = grad_norm.full_tensor()
         self.scaler.step(self.optimizer)  # fp16: skipped when a gradient overflowed
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)  # free the gradients instead of writing zeros
@@ -239,11 +257,14 @@ class Trainer:
             total = torch.zeros(2, device=self.device)  # (summed loss, targets)
             for i in range(self.cfg.eval_iters):
                 mine = self.dist.owns(i)
+                run = mine or self.cfg.fsdp  # FSDP: every rank joins every forward pass (its all-gathers)
                 x, y = self.get_batch(tokens, self.cfg.batch_size, self.model_cfg.context_length, generator,
-                                 self.device if mine else "cpu", split=name)
-                if mine:
+                                 self.device if run else "cpu", split=name)
+                if run:
                     with autocast(self.device, self.dtype):
-                        total[0] += lm_loss(self.eval_model(x), y, reduction="sum").float()
+                        loss = lm_loss(self.eval_model(x), y, reduction="sum").float()
+                if mine:
+                    total[0] += loss
                     total[1] += (y != IGNORE_INDEX).sum()
             loss_sum, n_targets = self.dist.sum(total).tolist()
             out[f"{split}_loss"] = loss_sum / n_targets

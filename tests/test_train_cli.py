@@ -204,6 +204,17 @@ def test_fsdp_trains_checkpoints_and_resumes_like_ddp(run_dir):
     model.load_state_dict(state["model"])  # plain tensors, the model's own names
 
 
+def test_activation_checkpointing_gives_the_same_curve(run_dir):
+    """--activation_checkpointing (chapter 11) recomputes activations in backward: the same numbers."""
+    curves = {}
+    for name, extra in (("plain", []), ("ckpt", ["--activation_checkpointing"])):
+        assert main(args(run_dir, "--max_iters", "6", *extra, out=name)) == 0
+        records = [json.loads(line) for line in (run_dir / name / "metrics.jsonl").read_text().splitlines()]
+        curves[name] = [r.get("loss", r.get("val_loss")) for r in records]
+    assert curves["ckpt"] == pytest.approx(curves["plain"], abs=1e-5)
+    assert load_checkpoint(run_dir / "ckpt" / "latest.pt")["train_config"]["activation_checkpointing"]
+
+
 def test_fsdp_outside_torchrun_or_with_compile_is_refused(run_dir, capsys):
     assert main(args(run_dir, "--max_iters", "2", "--fsdp")) == 2
     assert "--fsdp shards the model across processes: run it under torchrun" in capsys.readouterr().err

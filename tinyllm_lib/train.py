@@ -131,6 +131,7 @@ FLAG_HELP = {
     "log_interval": "log every N steps", "dtype": "auto | float32 | bfloat16 | float16 (chapter 05)",
     "seed": "random seed", "compile": "torch.compile the model",
     "fsdp": "shard the model, its gradients and AdamW state across torchrun's processes (FSDP, chapter 11)",
+    "activation_checkpointing": "recompute each block's activations in backward: less memory, more time (chapter 11)",
     "activation": "the FFN's activation", "pos_emb": "positions: sinusoidal, learned or rope",
     "norm_type": "layernorm or rmsnorm",
 }

@@ -113,6 +113,7 @@ class TrainConfig:
     seed: int = 1337
     compile: bool = False
     fsdp: bool = False  # shard weights, gradients and AdamW state across torchrun's processes (chapter 11)
+    activation_checkpointing: bool = False  # keep only each block's input; recompute the rest in backward (11)
     out_dir: str = "checkpoints"
 
     def __post_init__(self):
@@ -163,6 +164,10 @@ class Trainer:
         self.sampler = torch.Generator().manual_seed(seed)
         self.get_batch = getattr(data, "get_batch", get_batch)  # question-answer data (chapter 08) draws padded pairs
         self.raw_model = GPT(model_cfg).to(self.device)
+        if cfg.activation_checkpointing:  # less activation memory for a second forward of every block
+            from tinyllm_lib.systems import checkpoint_blocks
+
+            checkpoint_blocks(self.raw_model)
         if cfg.fsdp:  # before the optimizer: sharding replaces every parameter by its shard (chapter 11)
             if self.dist.world_size == 1:
                 raise ValueError("--fsdp shards the model across processes: run it under torchrun "

@@ -23,6 +23,7 @@ From a terminal (or `tinyllm-generate`):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -732,6 +733,12 @@ def static_cached_step(model: GPT, idx: torch.Tensor, slot: torch.Tensor, pad: t
     return model.lm_head(model.ln_f(x))[:, -1].float()  # (B, V), in fp32 for the sampler: cheaper to scan
 
 
+def _skip_guards():
+    """Skip torch.compile's guard checks (torch >= 2.6; older versions check them, a little slower)."""
+    stance = getattr(torch.compiler, "set_stance", None)
+    return stance(skip_guard_eval_unsafe=True) if stance is not None else contextlib.nullcontext()
+
+
 class CompiledStep:
     """`static_cached_step` compiled for one model: `step(model, idx (B, 1), cache)` returns the logits
     (B, V) and advances the cache by one slot, like `cached_forward`. Get one with `compiled_step(model)`.
@@ -755,7 +762,7 @@ class CompiledStep:
             slot, new, keys, values = self.inputs
             slot.fill_(cache.length)  # in place: no new tensors per token
             new.copy_(idx)
-            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+            with _skip_guards():
                 logits = self.fn(model, new, slot, cache.pad, keys, values)
         else:  # a new cache: check the guards (and compile, the first time or for new shapes)
             # A fresh (B, 1) tensor: a column sliced from a decoder's token table has that table's strides,
@@ -763,10 +770,12 @@ class CompiledStep:
             new = torch.empty(idx.shape, dtype=idx.dtype, device=idx.device).copy_(idx)
             slot = torch.tensor([cache.length], device=idx.device)
             keys, values = cache.k.unbind(0), cache.v.unbind(0)  # per-layer (B, nh, max_len, hd) views
-            cpu = idx.device.type == "cpu"
-            quiet = dict(autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False)
-            with torch._inductor.config.patch(freezing=True, max_autotune=True, **quiet,
-                                              **({"max_autotune_gemm_backends": "CPP,ATEN"} if cpu else {})), \
+            options = dict(freezing=True, max_autotune=True, autotune_num_choices_displayed=0,
+                           max_autotune_report_choices_stats=False)  # the last two: no autotuning tables printed
+            if idx.device.type == "cpu":
+                options["max_autotune_gemm_backends"] = "CPP,ATEN"  # the C++ micro-kernels for AVX-512/AMX
+            config = torch._inductor.config
+            with config.patch(**{k: v for k, v in options.items() if hasattr(config, k)}), \
                     warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # inside the autotuner
                 logits = self.fn(model, new, slot, cache.pad, keys, values)

@@ -790,9 +790,12 @@ _COMPILED = weakref.WeakKeyDictionary()  # model -> (its parameters' versions wh
 def compiled_step(model: GPT) -> CompiledStep:
     """The model's CompiledStep, compiled once and reused, until its weights change: an optimizer step
     or a load_state_dict bumps each tensor's version counter, and frozen weights would then be stale."""
-    versions = tuple(p._version for p in model.parameters())
+    try:
+        versions = tuple(p._version for p in model.parameters())
+    except RuntimeError:  # weights made under torch.inference_mode keep no version: compile afresh each time
+        versions = None
     known = _COMPILED.get(model)
-    if known is None or known[0] != versions:
+    if known is None or versions is None or known[0] != versions:
         known = _COMPILED[model] = (versions, CompiledStep())
     return known[1]
 

@@ -294,6 +294,35 @@ def _attention_mask(pad: torch.Tensor, start: int, end: int) -> torch.Tensor:
     return (allowed | (s == q))[:, None]
 
 
+def _embed_at(model: GPT, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Token embeddings (B, T, C) plus positions `pos`, (T,) or (B, T), as GPT._embed adds them (RoPE: none here)."""
+    x = model.tok_emb(idx)  # (B, T, C)
+    if model.config.pos_emb == "learned":
+        x = x + model.pos_emb(pos)
+    elif model.config.pos_emb == "sinusoidal":
+        x = x * math.sqrt(model.config.d_model) + model.pos_table[pos].to(x.dtype)
+    return x
+
+
+def _heads_qkv(model: GPT, block, x: torch.Tensor, pos: torch.Tensor):
+    """A block's queries, keys and values for x (B, T, C), split into heads and rotated by RoPE: 3 × (B, nh, T, hd)."""
+    attn = block.attn
+    h = block.ln1(x) if block.pre_norm else x
+    q, k, v = (split_heads(t, attn.n_heads) for t in attn.qkv(h).split(model.config.d_model, dim=-1))
+    if model.rotary is not None:
+        q, k = model.rotary(q, pos), model.rotary(k, pos)
+    return q, k, v
+
+
+def _finish_block(block, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """The rest of a block once its attention output a (B, T, C) is known: residuals, norms, the FFN."""
+    if block.pre_norm:
+        x = x + a
+        return x + block.ffn(block.ln2(x))
+    x = block.ln1(x + a)
+    return block.ln2(x + block.ffn(x))
+
+
 def cached_forward(model: GPT, idx: torch.Tensor, cache: KVCache, last_only: bool = False) -> torch.Tensor:
     """Run the new tokens idx (B, T) through `model`, reading and extending `cache`.
 
@@ -301,7 +330,6 @@ def cached_forward(model: GPT, idx: torch.Tensor, cache: KVCache, last_only: boo
     model's own modules, so any pre-/post-norm GPT with sinusoidal, learned or RoPE positions works;
     the model must be in eval mode (no dropout).
     """
-    cfg = model.config
     B, T = idx.shape
     start, end = cache.length, cache.length + T
     if end > cache.max_len:
@@ -310,33 +338,18 @@ def cached_forward(model: GPT, idx: torch.Tensor, cache: KVCache, last_only: boo
     slots = torch.arange(start, end, device=idx.device)  # (T,)
     # Each row counts positions from its first real token: (B, T), or (T,) when no row is padded.
     pos = (slots[None] - cache.pad[:, None]).clamp(min=0) if cache.padded else slots
-    x = model.tok_emb(idx)  # (B, T, C)
-    if cfg.pos_emb == "learned":
-        x = x + model.pos_emb(pos)
-    elif cfg.pos_emb == "sinusoidal":
-        x = x * math.sqrt(cfg.d_model) + model.pos_table[pos].to(x.dtype)  # as GPT._embed does
+    x = _embed_at(model, idx, pos)  # (B, T, C)
     if cache.padded or (start > 0 and T > 1):
         mask, causal = _attention_mask(cache.pad, start, end), False
     else:  # no padding: one new token sees every key; a first chunk is plain causal attention
         mask, causal = None, start == 0 and T > 1
     for layer, block in enumerate(model.blocks):
-        attn = block.attn
-        h = block.ln1(x) if block.pre_norm else x
-        q, k, v = attn.qkv(h).split(cfg.d_model, dim=-1)  # 3 × (B, T, C)
-        q, k, v = (split_heads(t, attn.n_heads) for t in (q, k, v))  # 3 × (B, nh, T, hd)
-        if model.rotary is not None:
-            q, k = model.rotary(q, pos), model.rotary(k, pos)
+        q, k, v = _heads_qkv(model, block, x, pos)  # 3 × (B, nh, T, hd)
         cache.k[layer, :, :, start:end] = k  # write in place: no torch.cat, no new memory
         cache.v[layer, :, :, start:end] = v
         keys, values = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]  # (B, nh, end, hd) views
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal)
-        a = attn.proj(merge_heads(y))  # (B, T, C)
-        if block.pre_norm:
-            x = x + a
-            x = x + block.ffn(block.ln2(x))
-        else:
-            x = block.ln1(x + a)
-            x = block.ln2(x + block.ffn(x))
+        x = _finish_block(block, x, block.attn.proj(merge_heads(y)))  # (B, T, C)
     cache.length = end
     if last_only:
         x = x[:, -1:]
@@ -702,34 +715,18 @@ def static_cached_step(model: GPT, idx: torch.Tensor, slot: torch.Tensor, pad: t
     every step: idx (B, 1) the new tokens, slot (1,) their cache slot, pad (B,) padding slots per row,
     keys / values one (B, nh, max_len, hd) tensor per layer, written in place. Attention reads all
     max_len slots; a mask hides the empty ones and the padding. Returns the logits (B, V), in fp32."""
-    cfg = model.config
-    pos = (slot - pad).clamp(min=0)  # (B,): each row counts from its first real token
-    x = model.tok_emb(idx)  # (B, 1, C)
-    if cfg.pos_emb == "learned":
-        x = x + model.pos_emb(pos)[:, None]
-    elif cfg.pos_emb == "sinusoidal":
-        x = x * math.sqrt(cfg.d_model) + model.pos_table[pos][:, None].to(x.dtype)
+    pos = (slot - pad).clamp(min=0)[:, None]  # (B, 1): each row counts from its first real token
+    x = _embed_at(model, idx, pos)  # (B, 1, C)
     slots = torch.arange(keys[0].size(2), device=idx.device)  # (max_len,)
     visible = (slots[None] <= slot) & (slots[None] >= pad[:, None])  # (B, max_len)
     hidden = torch.zeros(visible.shape, device=idx.device).masked_fill(~visible, -math.inf)[:, None, None]
     for layer, block in enumerate(model.blocks):
-        attn = block.attn
-        h = block.ln1(x) if block.pre_norm else x
-        q, k, v = attn.qkv(h).split(cfg.d_model, dim=-1)  # 3 × (B, 1, C)
-        q, k, v = (split_heads(t, attn.n_heads) for t in (q, k, v))  # 3 × (B, nh, 1, hd)
-        if model.rotary is not None:
-            q, k = model.rotary(q, pos[:, None]), model.rotary(k, pos[:, None])
+        q, k, v = _heads_qkv(model, block, x, pos)  # 3 × (B, nh, 1, hd)
         keys[layer].index_copy_(2, slot, k)  # in place: the caller's cache
         values[layer].index_copy_(2, slot, v)
         scores = (q @ keys[layer].transpose(-1, -2)).float() * q.size(-1) ** -0.5 + hidden  # (B, nh, 1, max_len)
         y = scores.softmax(dim=-1).to(v.dtype) @ values[layer]  # (B, nh, 1, hd)
-        a = attn.proj(merge_heads(y))  # (B, 1, C)
-        if block.pre_norm:
-            x = x + a
-            x = x + block.ffn(block.ln2(x))
-        else:
-            x = block.ln1(x + a)
-            x = block.ln2(x + block.ffn(x))
+        x = _finish_block(block, x, block.attn.proj(merge_heads(y)))  # (B, 1, C)
     return model.lm_head(model.ln_f(x))[:, -1].float()  # (B, V), in fp32 for the sampler: cheaper to scan
 
 

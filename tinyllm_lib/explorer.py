@@ -93,7 +93,7 @@ def say(output, message: str) -> None:
 
 class Explorer:
     """Base of the course's explorers. A subclass builds `self.controls` (widgets) and `self.out`
-    (a widgets.Output) in `__init__`, calls `self.watch(*controls)`, and writes `draw()` and `static_view()`."""
+    (a widgets.Output) in `__init__`, calls `self.watch(*controls)`, and writes `figure()` and `static_view()`."""
 
     static_note = ""  # one line: what the static view shows
 
@@ -101,8 +101,16 @@ class Explorer:
         for control in controls:
             control.observe(lambda _: self.draw(), names="value")
 
-    def draw(self) -> None:  # pragma: no cover - subclasses
+    def figure(self):  # pragma: no cover - subclasses
+        """The picture for the current controls, or None with `self.message` saying why there is none."""
         raise NotImplementedError
+
+    def draw(self) -> None:
+        fig = self.figure()
+        if fig is None:
+            say(self.out, self.message)
+        else:
+            redraw(self.out, fig)
 
     def static_view(self) -> None:  # pragma: no cover - subclasses
         raise NotImplementedError
@@ -213,13 +221,6 @@ class ScheduleExplorer(Explorer):
         schedule_figure(ax=ax, lr_fn=self.lr_fn, **settings)
         return fig
 
-    def draw(self) -> None:
-        fig = self.figure()
-        if fig is None:
-            say(self.out, self.message)
-        else:
-            redraw(self.out, fig)
-
     def static_view(self, grid: Sequence[dict] = STATIC_GRID) -> None:
         import matplotlib.pyplot as plt
         from IPython.display import display
@@ -310,13 +311,6 @@ class AttentionExplorer(Explorer):
         fig = plot_attention(maps[layer][head], labels)
         fig.axes[0].set_title(f"layer {layer}, head {head}" + self._suffix(len(labels), n_total), fontsize=10)
         return fig
-
-    def draw(self) -> None:
-        fig = self.figure()
-        if fig is None:
-            say(self.out, self.message)
-        else:
-            redraw(self.out, fig)
 
     def static_view(self) -> None:
         import matplotlib.pyplot as plt

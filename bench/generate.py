@@ -41,20 +41,13 @@ import time
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from tinyllm_lib.budget import fast_bf16
 from tinyllm_lib.generate import generate_ids, matvec_bandwidth, quantize_int8, weight_bytes_per_token
 from tinyllm_lib.model import GPT, GPTConfig
 
 PROMPT = 1  # the peer has 256 learned positions: 1 + 255 fed tokens fill them
+CPU = torch.device("cpu")
 TARGET_BOUND, TARGET_BF16, TARGET_UNCACHED = 0.90, 1.5, 3.0
-
-
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo (Linux); False where it cannot be read."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class PackedBF16Linear(torch.nn.Module):
@@ -165,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"greedy generation, {new_tokens} new tokens after {PROMPT}, tiny preset shape "
           f"({cfg.d_model}/{cfg.n_layers}L/{cfg.n_heads}H, d_ff {cfg.d_ff}, vocab {cfg.vocab_size}, "
           f"context {cfg.context_length}), CPU, torch {torch.__version__}, "
-          f"bf16 units: {'yes' if cpu_has_bf16() else 'no'}{', QUICK: timings mean nothing' if args.quick else ''}")
+          f"bf16 units: {'yes' if fast_bf16(CPU) else 'no'}{', QUICK: timings mean nothing' if args.quick else ''}")
     threads = args.threads or pick_threads(cfg, new_tokens, repeats)
     torch.set_num_threads(threads)
     bandwidth = matvec_bandwidth(64 if args.quick else 2048, repeats=2 if args.quick else 10)
@@ -214,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     checks = [(f"fastest fp32 >= {TARGET_BOUND:.0%} of the bound",
                best_fp32 / (bandwidth / bytes_of["cached fp32"]) >= TARGET_BOUND),
               (f"cached >= {TARGET_UNCACHED:g}x uncached", speed["cached fp32"] >= TARGET_UNCACHED * speed["uncached fp32"])]
-    if cpu_has_bf16():
+    if fast_bf16(CPU):
         best_bf16 = max(s for name, s in speed.items() if "bf16" in name and not name.startswith("HF"))
         checks.append((f"fastest bf16 >= {TARGET_BF16:g}x fastest fp32", best_bf16 >= TARGET_BF16 * best_fp32))
     print()

@@ -260,24 +260,99 @@ def test_time_budget_sizes_the_schedule_from_timed_steps(run_dir):
 
 
 def test_time_budget_fills_the_flags_left_out_from_its_recipe(run_dir, capsys):
-    """--time_budget with only the data flags: the model, learning rates and batch of BUDGET_RECIPE, and
-    the dropout the plan chose (printed with the number of passes over the data it planned)."""
-    from tinyllm_lib.budget import BUDGET_DROPOUT, BUDGET_RECIPE, MEMORISE_EPOCHS
+    """--time_budget with only the data flags, 3 seconds: too little compute for anything but the
+    smallest recipe, which trains anyway and says so; its learning rates and batch, and the dropout the
+    plan chose (printed with the number of passes over the data it planned)."""
+    from tinyllm_lib.budget import BUDGET_DROPOUT, BUDGET_RECIPES, MEMORISE_EPOCHS
 
     assert main(["--data", str(run_dir / "play.txt"), "--out_dir", str(run_dir / "out"), "--cache_dir",
                  str(run_dir / "cache"), "--vocab_size", "90", "--device", "cpu", "--eval_iters", "2",
                  "--time_budget", "0.05"]) == 0
     out = capsys.readouterr().out
+    smallest = BUDGET_RECIPES[0]
+    assert f"recipe {smallest.name}:" in out
+    assert "too short for the smallest recipe" in out and "training it anyway" in out
     state = load_checkpoint(run_dir / "out" / "latest.pt")
     model, train = state["model_config"], state["train_config"]
-    assert {k: model[k] for k in BUDGET_RECIPE["model"] if k != "dropout"} == \
-        {k: v for k, v in BUDGET_RECIPE["model"].items() if k != "dropout"}
+    shape = {k: v for k, v in smallest.model_flags().items() if k != "dropout"}
+    assert {k: model[k] for k in shape} == shape
     assert model["vocab_size"] == 90  # given: kept
-    assert {k: train[k] for k in ("batch_size", "lr", "min_lr")} == \
-        {k: BUDGET_RECIPE["train"][k] for k in ("batch_size", "lr", "min_lr")}
+    recipe_train = smallest.train_flags(torch.device("cpu"))
+    assert {k: train[k] for k in ("batch_size", "lr", "min_lr", "dtype")} == \
+        {k: recipe_train[k] for k in ("batch_size", "lr", "min_lr", "dtype")}
     epochs = float(out.split(" epochs)")[0].split("(")[-1])
     assert model["dropout"] == (BUDGET_DROPOUT if epochs >= MEMORISE_EPOCHS else 0.0)
     assert f"dropout {model['dropout']:g}" in out
+
+
+def test_budget_recipe_table_grows_with_compute():
+    """A bigger budget never gets a smaller model: the rows' thresholds rise, and with them the
+    parameters, width, depth and context; the learning rate falls as 1 / width."""
+    from tinyllm_lib.budget import (
+        BUDGET_RECIPES,
+        BUDGET_VOCAB,
+        SMALLEST_STEPS,
+        choose_recipe,
+        lr_for_width,
+        steps_of,
+    )
+
+    params = [GPT(GPTConfig.preset("tiny", vocab_size=BUDGET_VOCAB, **r.model_flags())).num_params()
+              for r in BUDGET_RECIPES]
+    assert BUDGET_RECIPES[0].min_tflop == 0
+    assert steps_of(BUDGET_RECIPES[1], BUDGET_RECIPES[1].min_tflop) >= SMALLEST_STEPS  # no row starts too short
+    for small, big, n_small, n_big in zip(BUDGET_RECIPES, BUDGET_RECIPES[1:], params, params[1:]):
+        assert small.min_tflop < big.min_tflop and n_small < n_big
+        assert (small.d_model, small.n_layers, small.context_length) <= (big.d_model, big.n_layers, big.context_length)
+        assert lr_for_width(big.d_model) < lr_for_width(small.d_model)
+    # choose_recipe over a range of compute: never a smaller model for more
+    chosen = [params[BUDGET_RECIPES.index(choose_recipe(c))] for c in [0, 0.5, 1, 3, 10, 30, 100, 300, 1e3, 1e4]]
+    assert chosen == sorted(chosen) and chosen[0] == params[0] and chosen[-1] == params[-1]
+    assert lr_for_width(BUDGET_RECIPES[0].d_model) == pytest.approx(3e-3)
+
+
+
+def test_time_budget_buys_a_bigger_model_on_a_faster_machine_and_resume_keeps_it(run_dir, monkeypatch, capsys):
+    """The same 3-second budget on a slow and on a (pretend) fast machine: the fast one gets the bigger
+    recipe, with its width's learning rate; then --resume carries on with that model, not the smallest."""
+    from tinyllm_lib import budget, train
+    from tinyllm_lib.budget import Recipe
+
+    rows = (Recipe("S", 0.0, d_model=16, n_layers=1, n_heads=2, context_length=16),
+            Recipe("M", 1.0, d_model=32, n_layers=2, n_heads=2, context_length=32, dropout=0.1))
+    monkeypatch.setattr(budget, "BUDGET_RECIPES", rows)
+    monkeypatch.setattr(train, "BUDGET_RECIPES", rows)
+    base = ["--data", str(run_dir / "play.txt"), "--cache_dir", str(run_dir / "cache"), "--vocab_size", "90",
+            "--device", "cpu", "--eval_iters", "2"]
+    for rate, name, out in ((1e-9, "S", "slow"), (1.0, "M", "fast")):  # TFLOP/s
+        monkeypatch.setattr(budget, "compute_rate", lambda trainer, rate=rate: rate)
+        assert main([*base, "--out_dir", str(run_dir / out), "--time_budget", "0.05"]) == 0
+        assert f"recipe {name}:" in capsys.readouterr().out
+        model = load_checkpoint(run_dir / out / "latest.pt")["model_config"]
+        recipe = rows[0] if name == "S" else rows[1]
+        assert (model["d_model"], model["n_layers"], model["context_length"]) == \
+            (recipe.d_model, recipe.n_layers, recipe.context_length)
+    state = load_checkpoint(run_dir / "fast" / "latest.pt")
+    assert state["model_config"]["dropout"] == 0.1  # the recipe's own dropout, not the plan's
+    assert state["train_config"]["lr"] == pytest.approx(budget.lr_for_width(32))
+    # Resumed on a slow machine, without --time_budget: the run keeps the model it was given.
+    monkeypatch.setattr(budget, "compute_rate", lambda trainer: 1e-9)
+    assert main([*base, "--out_dir", str(run_dir / "fast"), "--resume", "--max_iters", str(state["step"] + 4)]) == 0
+    assert "recipe" not in capsys.readouterr().out
+    resumed = load_checkpoint(run_dir / "fast" / "latest.pt")
+    assert resumed["step"] == state["step"] + 4 and resumed["model_config"] == state["model_config"]
+
+
+def test_time_budget_with_a_shape_flag_keeps_the_given_shape(run_dir, monkeypatch, capsys):
+    """A shape flag says which model: the budget then sizes the schedule only (no recipe is chosen)."""
+    from tinyllm_lib import budget
+
+    monkeypatch.setattr(budget, "compute_rate", lambda trainer: 1.0)  # a fast machine: would choose big
+    assert main(["--data", str(run_dir / "play.txt"), "--out_dir", str(run_dir / "out"), "--cache_dir",
+                 str(run_dir / "cache"), "--vocab_size", "90", "--device", "cpu", "--eval_iters", "2",
+                 "--d_model", "32", "--n_heads", "2", "--time_budget", "0.05"]) == 0
+    assert "recipe" not in capsys.readouterr().out
+    assert load_checkpoint(run_dir / "out" / "latest.pt")["model_config"]["d_model"] == 32
 
 
 def test_time_budget_plans_from_the_timings_it_measured(run_dir):
@@ -419,7 +494,7 @@ def test_json_data_trains_question_answer_pairs_from_scratch(run_dir, capsys):
 
 def test_time_budget_on_pairs_counts_epochs_in_pairs_and_keeps_the_given_model(run_dir, capsys):
     """On question-answer pairs a pass is over the pairs (a batch row is one pair), and the text recipe
-    of BUDGET_RECIPE (context 64 would cut the pairs) is not applied: the preset and the flags rule."""
+    of BUDGET_RECIPES (context 64 would cut the pairs) is not applied: the preset and the flags rule."""
     shape = ["--vocab_size", "100", "--d_model", "32", "--n_layers", "1", "--n_heads", "2", "--d_ff", "64",
              "--context_length", "32"]
     assert main(qa_args(run_dir, *shape, "--time_budget", "0.05")) == 0

@@ -83,9 +83,11 @@ from dataclasses import asdict
 from tinyllm_lib.budget import (
     BUDGET_DROPOUT,
     BUDGET_PLACEHOLDER_ITERS,
-    BUDGET_RECIPE,
+    BUDGET_RECIPES,
+    BUDGET_VOCAB,
     MEMORISE_EPOCHS,
     fit_time_budget,
+    pick_recipe,
 )
 from tinyllm_lib.checkpoint import load_checkpoint
 from tinyllm_lib.corpus import DataFileError
@@ -157,8 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda | mps | cpu (default: the best available)")
     p.add_argument("--time_budget", type=float, default=None, metavar="MINUTES",
                    help="train for this many minutes of wall-clock time: timed first steps size the warmup + "
-                        "cosine schedule (max_iters, eval_interval, warmup_iters) to end on time; flags left "
-                        f"out take tinyllm_lib.budget.BUDGET_RECIPE (a new model on text), with dropout {BUDGET_DROPOUT:g} only if the plan "
+                        "cosine schedule (max_iters, eval_interval, warmup_iters) to end on time. A new model on text "
+                        "without shape flags is chosen from tinyllm_lib.budget.BUDGET_RECIPES for the compute the "
+                        "budget holds here (bigger with more minutes or a faster machine); flags left out take "
+                        f"its values, and a recipe without its own dropout gets {BUDGET_DROPOUT:g} only if the plan "
                         f"makes {MEMORISE_EPOCHS} or more passes over the data")
     p.add_argument("--use_learned_pos_emb", nargs="?", const=True, default=False, type=parse_bool,
                    help="learned positions instead of the preset's (also: --use_learned_pos_emb True|False)")
@@ -278,6 +282,7 @@ def run(args: argparse.Namespace) -> dict:
     qa = str(args.data or "").endswith(".json")  # question-answer pairs (chapter 08), else a text file
     latest = Path(args.out_dir) / "latest.pt"
     state, base, changed, init = None, None, [], None
+    choose_model = False  # --time_budget may choose the model from this machine's compute (below)
     if args.init_from is not None:  # fine-tuning: the pretrained model's shape, weights and tokenizer
         clash = ["--resume"] * args.resume + [f"--{k}" for k in SHAPE_FLAGS if k in flags_set(args)]
         if clash:
@@ -292,11 +297,13 @@ def run(args: argparse.Namespace) -> dict:
             raise ValueError(f"--time_budget must be > 0 minutes (got {args.time_budget})")
         args.max_iters = BUDGET_PLACEHOLDER_ITERS  # replaced by the planned length before the first logged step
         given = flags_set(args)
-        auto_dropout = init is None and "dropout" not in given  # dropout from the plan (chapter 04)
-        if init is None and not qa and "config" not in given:  # flags left out: the budget's recipe
-            recipe = {**BUDGET_RECIPE["model"], "vocab_size": BUDGET_RECIPE["vocab_size"], **BUDGET_RECIPE["train"]}
+        auto_dropout = init is None and "dropout" not in given  # dropout from the plan
+        if init is None and not qa and "config" not in given:  # flags left out: the budget's recipes
+            # The smallest recipe until the machine has been measured (below, once the data is ready).
+            recipe = {**BUDGET_RECIPES[0].model_flags(), "vocab_size": BUDGET_VOCAB}
             for name in recipe.keys() - given:
                 setattr(args, name, recipe[name])
+            choose_model = not (given & set(SHAPE_FLAGS) - {"vocab_size"})
     if args.resume:
         state = load_checkpoint(latest)  # fails before anything is written
         base, changed = resume_settings(args, state)
@@ -338,6 +345,15 @@ def run(args: argparse.Namespace) -> dict:
                 raise ValueError(f"--data {args.data or name}: the {split} split has {len(tokens)} tokens, it needs "
                                  f"more than context_length={context_length}; use a longer text")
         unit = "tokens"
+    if choose_model:  # --time_budget, no shape flag: the compute this budget holds chooses the model
+        longest = min(len(data.train), len(data.val)) - 1  # a window must fit in each split
+        recipe, _ = pick_recipe(data, args.time_budget, started, device, info, args.out_dir, longest)
+        flags = {**recipe.model_flags(), **recipe.train_flags(device)}
+        for name in flags.keys() - flags_set(args):
+            setattr(args, name, flags[name])
+        auto_dropout = auto_dropout and recipe.dropout is None
+        cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig()) if k != "out_dir"}, out_dir=args.out_dir)
+        resolve_dtype(cfg.dtype, device)
     model_cfg = model_config_from_args(args, vocab_size=data.tokenizer.vocab_size, base=base)
     trainer = Trainer(model_cfg, cfg, data, device, info)
     if init is not None:

@@ -349,7 +349,7 @@ def run(args: argparse.Namespace) -> dict:
         longest = min(len(data.train), len(data.val)) - 1  # a window must fit in each split
         recipe, _ = pick_recipe(data, args.time_budget, started, device, info, args.out_dir, longest)
         flags = {**recipe.model_flags(), **recipe.train_flags(device)}
-        for name in flags.keys() - flags_set(args):
+        for name in flags.keys() - given:  # the flags given on the command line win
             setattr(args, name, flags[name])
         auto_dropout = auto_dropout and recipe.dropout is None
         cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig()) if k != "out_dir"}, out_dir=args.out_dir)

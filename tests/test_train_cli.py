@@ -327,7 +327,9 @@ def test_time_budget_buys_a_bigger_model_on_a_faster_machine_and_resume_keeps_it
     for rate, name, out in ((1e-9, "S", "slow"), (1.0, "M", "fast")):  # TFLOP/s
         monkeypatch.setattr(budget, "compute_rate", lambda trainer, rate=rate: rate)
         assert main([*base, "--out_dir", str(run_dir / out), "--time_budget", "0.05"]) == 0
-        assert f"recipe {name}:" in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        assert f"recipe {name}:" in printed
+        assert "\nplay: " in printed  # the data line names the corpus, not the last flag the recipe set
         model = load_checkpoint(run_dir / out / "latest.pt")["model_config"]
         recipe = rows[0] if name == "S" else rows[1]
         assert (model["d_model"], model["n_layers"], model["context_length"]) == \

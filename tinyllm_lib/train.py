@@ -301,8 +301,8 @@ def run(args: argparse.Namespace) -> dict:
         if init is None and not qa and "config" not in given:  # flags left out: the budget's recipes
             # The smallest recipe until the machine has been measured (below, once the data is ready).
             recipe = {**BUDGET_RECIPES[0].model_flags(), "vocab_size": BUDGET_VOCAB}
-            for name in recipe.keys() - given:
-                setattr(args, name, recipe[name])
+            for flag in recipe.keys() - given:
+                setattr(args, flag, recipe[flag])
             choose_model = not (given & set(SHAPE_FLAGS) - {"vocab_size"})
     if args.resume:
         state = load_checkpoint(latest)  # fails before anything is written
@@ -349,8 +349,8 @@ def run(args: argparse.Namespace) -> dict:
         longest = min(len(data.train), len(data.val)) - 1  # a window must fit in each split
         recipe, _ = pick_recipe(data, args.time_budget, started, device, info, args.out_dir, longest)
         flags = {**recipe.model_flags(), **recipe.train_flags(device)}
-        for name in flags.keys() - given:  # the flags given on the command line win
-            setattr(args, name, flags[name])
+        for flag in flags.keys() - given:  # the flags given on the command line win
+            setattr(args, flag, flags[flag])
         auto_dropout = auto_dropout and recipe.dropout is None
         cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig()) if k != "out_dir"}, out_dir=args.out_dir)
         resolve_dtype(cfg.dtype, device)

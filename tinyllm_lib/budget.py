@@ -31,9 +31,9 @@ from tinyllm_lib.trainer import TrainConfig, Trainer
 
 BUDGET_PLACEHOLDER_ITERS = 10**9  # a run's length before plan_time_budget has measured it
 # Passes over the training tokens from which a budget's model gets BUDGET_DROPOUT; a shorter run trains
-# without dropout, which would only slow its learning. Measured in bench/quality.py's race: dropout 0.2
-# cost the 4 x 192 recipe 0.07 bits per character at 9 passes (2.256; 2.181 without it at 7.5 passes),
-# while with it that model still improved at 21 passes (2.149). Chapter 04's model, without dropout,
+# without dropout, which would only slow its learning. Measured in bench/quality.py's 5-minute race:
+# dropout 0.2 cost the 4 x 192 recipe 0.07 bits per character (2.256 at 9 passes; 2.190 without it, at
+# 12), while with it that model still improved at 21 passes (2.149, in the race at one thread each). Chapter 04's model, without dropout,
 # starts to memorise Tiny Shakespeare near 10 passes, but the smallest recipe never plans that many:
 # past 18 TFLOP (about 8 passes) the table gives the budget a bigger model.
 MEMORISE_EPOCHS = 15

@@ -17,9 +17,10 @@ CPU: the tiny preset's shape with GPT-2's choices (d_model 384, 6 layers, 6 head
 10,000, context 256, learned positions, tanh GELU). Ours: `generate_ids` with and without the cache, with
 fp32 weights, bf16 weights (`model.to(torch.bfloat16)`), bf16 weights pre-packed for oneDNN's kernels
 (an experiment, through torch's private mkldnn ops) and int8 weight-only quantization (`quantize_int8`,
-an experiment); and the compiled step (`compile=True`: `CompiledStep`, a static cache and one
-`torch.compile`d graph per step) with fp32 and bf16 weights, its compilation done in the warm-up round. The peer: `transformers.GPT2LMHeadModel.generate` (sdpa attention,
-its own KV cache) at the same shape, fp32 and bf16. Runs of the contenders alternate, so all see the
+an experiment); and the compiled step (`compile=True`: `CompiledStep`, a static cache and one graph per
+step, exported with `torch.export` and compiled by inductor) with fp32 and bf16 weights, its compilation
+done in the warm-up round. The peer: `transformers.GPT2LMHeadModel.generate` (sdpa attention, its own KV
+cache) at the same shape, fp32 and bf16. Runs of the contenders alternate, so all see the
 same machine load.
 
 Threads: unless --threads is given, batch-1 fp32 cached decoding is timed at 1..cpu_count threads and

@@ -221,6 +221,9 @@ def test_compiled_step_equals_the_eager_step_with_padding_and_a_sliding_window()
     eager = generate_ids(model, prompts, 40, temperature=0)  # 40 > context_length: the window slides
     assert len(set(sum(eager, []))) > 10  # varied text, or equality would prove little
     assert generate_ids(model, prompts, 40, temperature=0, compile=True) == eager
+    # a one-token prompt: its first step is already a one-token step, run by the compiled graph too
+    assert generate_ids(model, [9], 30, temperature=0, compile=True) == generate_ids(model, [9], 30, temperature=0)
+    assert len(compiled_step(model).graphs) == 2  # one graph per cache shape (batch 3, batch 1), not per call
     # the logits themselves, step by step, against cached_forward on a copy of the same cache
     idx, pad = torch.tensor([[3, 4, 5, 6], [0, 0, 9, 8], [0, 10, 11, 12]]), torch.tensor([0, 2, 1])
     compiled, eager_cache, cache = compiled_step(model), KVCache(model.config, 3), KVCache(model.config, 3)

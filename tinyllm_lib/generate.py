@@ -23,12 +23,10 @@ From a terminal (or `tinyllm-generate`):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import sys
 import time
-import types
 import warnings
 import weakref
 from collections import deque
@@ -176,7 +174,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
         if repetition_penalty != 1.0 and seen is not None:
             logits = apply_repetition_penalty(logits.float(), seen, repetition_penalty)
-        return logits.argmax(dim=-1)  # ties: the lowest id
+        return logits.max(dim=-1).indices  # ties: the lowest id (as argmax, which takes twice as long on a CPU)
     filtered = filter_logits(logits, temperature, top_k, top_p, min_p, repetition_penalty, seen)
     return torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator).squeeze(-1)  # (B,)
 
@@ -437,6 +435,8 @@ class Decoder:
         cache = self.cache or KVCache(self.model.config, window.size(0), window.size(1),
                                       window.device, self.model.tok_emb.weight.dtype)
         cache.reset(pad)
+        if self.compiled is not None and window.size(1) == 1 and not cache.padded:  # a one-token prompt:
+            return self.compiled(self.model, window, cache)  # already a one-token step
         return cached_forward(self.model, window, cache, last_only=True)[:, -1]
 
     @torch.inference_mode()
@@ -730,55 +730,62 @@ def static_cached_step(model: GPT, idx: torch.Tensor, slot: torch.Tensor, pad: t
     return model.lm_head(model.ln_f(x))[:, -1].float()  # (B, V), in fp32 for the sampler: cheaper to scan
 
 
-def _skip_guards():
-    """Skip torch.compile's guard checks (torch >= 2.6; older versions check them, a little slower)."""
-    stance = getattr(torch.compiler, "set_stance", None)
-    return stance(skip_guard_eval_unsafe=True) if stance is not None else contextlib.nullcontext()
+class _StepGraph(torch.nn.Module):
+    """`static_cached_step` of one model as a module: the form torch.export traces."""
+
+    def __init__(self, model: GPT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx, slot, pad, keys, values):
+        return static_cached_step(self.model, idx, slot, pad, keys, values)
 
 
 class CompiledStep:
     """`static_cached_step` compiled for one model: `step(model, idx (B, 1), cache)` returns the logits
     (B, V) and advances the cache by one slot, like `cached_forward`. Get one with `compiled_step(model)`.
 
-    The first call compiles. On a CPU the compiler may *freeze* the weights: it treats them as constants
-    and stores each matrix pre-packed in the layout its matrix-vector kernel reads fastest (for bf16 this is
-    what makes the CPU's bf16 units pay), and it times several kernels for each product and keeps the
-    fastest (max-autotune). Later calls with the same cache skip the re-checking of the graph's
-    assumptions (its guards): for one cache, the shapes and dtypes never change."""
+    The first call for a cache of a new shape compiles, in two stages. `torch.export` runs the Python of
+    the step once and records every tensor operation in a graph; the compiler (inductor) turns that graph
+    into a few generated loops and matrix kernels. On a CPU it *freezes* the weights: it treats them as
+    constants and stores each matrix pre-packed in the layout its matrix-vector kernel reads fastest (for
+    bf16 this is what makes the CPU's bf16 units pay), and it times several kernels for each product and
+    keeps the fastest (max-autotune). Every later call runs the compiled code directly: no Python of the
+    model, no checks of the graph's assumptions (`torch.compile`'s guards) between two tokens."""
 
     def __init__(self):
-        # A fresh copy of the function's code object: torch.compile keeps its graphs on the code object,
-        # and these graphs hold one model's frozen weights, which no other CompiledStep may reuse.
-        code = static_cached_step.__code__.replace()
-        fn = types.FunctionType(code, static_cached_step.__globals__, "static_cached_step")
-        self.fn = torch.compile(fn, fullgraph=True, dynamic=False)
-        self.cache, self.inputs = None, None  # a weak reference to the cache of the last call, and its inputs
+        self.graphs = {}  # (cache shape, dtype, device) -> the compiled step for caches of that shape
+        self.cache, self.inputs, self.run = None, None, None  # the last call's cache (a weak reference), inputs, graph
 
     def __call__(self, model: GPT, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        if self.cache is not None and self.cache() is cache:  # the same cache: the guards held last time
-            slot, new, keys, values = self.inputs
-            slot.fill_(cache.length)  # in place: no new tensors per token
-            new.copy_(idx)
-            with _skip_guards():
-                logits = self.fn(model, new, slot, cache.pad, keys, values)
-        else:  # a new cache: check the guards (and compile, the first time or for new shapes)
-            # A fresh (B, 1) tensor: a column sliced from a decoder's token table has that table's strides,
-            # which differ from one decoder to the next, and the graph would be compiled again for each.
-            new = torch.empty(idx.shape, dtype=idx.dtype, device=idx.device).copy_(idx)
-            slot = torch.tensor([cache.length], device=idx.device)
-            keys, values = cache.k.unbind(0), cache.v.unbind(0)  # per-layer (B, nh, max_len, hd) views
-            options = dict(freezing=True, max_autotune=True, autotune_num_choices_displayed=0,
-                           max_autotune_report_choices_stats=False)  # the last two: no autotuning tables printed
-            if idx.device.type == "cpu":
-                options["max_autotune_gemm_backends"] = "CPP,ATEN"  # the C++ micro-kernels for AVX-512/AMX
-            config = torch._inductor.config
-            with config.patch(**{k: v for k, v in options.items() if hasattr(config, k)}), \
-                    warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # inside the autotuner
-                logits = self.fn(model, new, slot, cache.pad, keys, values)
+        if self.cache is None or self.cache() is not cache:  # a new cache: new input tensors (and a graph?)
+            slot = torch.zeros(1, dtype=torch.long, device=idx.device)
+            new = torch.empty(idx.shape, dtype=idx.dtype, device=idx.device)  # (B, 1), contiguous
+            keys, values = list(cache.k.unbind(0)), list(cache.v.unbind(0))  # per-layer (B, nh, max_len, hd) views
             self.cache, self.inputs = weakref.ref(cache), (slot, new, keys, values)
+            shape = (tuple(cache.k.shape), cache.k.dtype, idx.device)
+            if shape not in self.graphs:
+                self.graphs[shape] = self._compile(model, new.copy_(idx), slot, cache.pad, keys, values)
+            self.run = self.graphs[shape]
+        slot, new, keys, values = self.inputs
+        slot.fill_(cache.length)  # in place: no new tensors per token
+        new.copy_(idx)
+        logits = self.run(new, slot, cache.pad, keys, values)
         cache.length += 1
         return logits
+
+    @staticmethod
+    def _compile(model: GPT, *inputs):
+        options = dict(freezing=True, max_autotune=True, autotune_num_choices_displayed=0,
+                       max_autotune_report_choices_stats=False)  # the last two: no autotuning tables printed
+        if inputs[0].device.type == "cpu":
+            options["max_autotune_gemm_backends"] = "CPP,ATEN"  # the C++ micro-kernels for AVX-512/AMX
+        config = torch._inductor.config
+        with torch.no_grad(), config.patch(**{k: v for k, v in options.items() if hasattr(config, k)}), \
+                warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")  # inside the autotuner
+            graph = torch.export.export(_StepGraph(model), inputs, strict=False).module()
+            return torch._inductor.compile(graph, list(inputs))
 
 
 _COMPILED = weakref.WeakKeyDictionary()  # model -> (its parameters' versions when compiled, its CompiledStep)
